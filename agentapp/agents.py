@@ -1,0 +1,58 @@
+"""Building the agent for a conversation: the configured factory, the default agent and its model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+from strands import Agent
+from strands.models.model import Model
+
+from .conf import app_settings
+
+
+def build_model() -> Model:
+    """The model named by ``AGENTAPP["MODEL"]``: the offline model, or Amazon Bedrock through boto3."""
+    choice = app_settings.MODEL
+    if choice == "offline":
+        from .offline_model import OfflineModel
+
+        return OfflineModel(tokens_per_second=float(app_settings.OFFLINE_TOKENS_PER_SECOND))
+    if choice == "bedrock":
+        from strands.models.bedrock import BedrockModel
+
+        options: dict[str, Any] = {"model_id": app_settings.BEDROCK_MODEL_ID, **app_settings.BEDROCK_OPTIONS}
+        if app_settings.BEDROCK_REGION:
+            options.setdefault("region_name", app_settings.BEDROCK_REGION)
+        return BedrockModel(**options)
+    raise ImproperlyConfigured(f"AGENTAPP['MODEL'] must be 'offline' or 'bedrock', not {choice!r}.")
+
+
+def build_default_agent(conversation: Any, user: Any) -> Agent:
+    """The default agent: the configured model, the safe calculator and the allowlisted http_get tool."""
+    from .tools import DEFAULT_TOOLS
+
+    return Agent(
+        model=build_model(),
+        tools=list(DEFAULT_TOOLS),
+        system_prompt=app_settings.SYSTEM_PROMPT,
+        callback_handler=None,
+        name="agentapp",
+    )
+
+
+def agent_factory() -> Any:
+    """The callable named by ``AGENTAPP["AGENT_FACTORY"]``."""
+    return import_string(app_settings.AGENT_FACTORY)
+
+
+def build_agent(conversation: Any, user: Any, history: list[dict[str, Any]]) -> Agent:
+    """Build the conversation's agent with the factory and give it the stored history."""
+    agent = agent_factory()(conversation, user)
+    if not isinstance(agent, Agent):
+        raise ImproperlyConfigured(
+            f"{app_settings.AGENT_FACTORY} returned {type(agent).__name__}, not a strands.Agent."
+        )
+    agent.messages = history
+    return agent

@@ -1,0 +1,78 @@
+"""The one place agentapp reads its settings: the ``AGENTAPP`` dict, merged over documented defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+DEFAULTS: dict[str, Any] = {
+    # Dotted path of a callable ``factory(conversation, user) -> strands.Agent``.
+    "AGENT_FACTORY": "agentapp.agents.build_default_agent",
+    # Model used by the default factory: "offline" (deterministic, no network) or "bedrock".
+    "MODEL": "offline",
+    # Bedrock model id and region, used when MODEL is "bedrock".
+    "BEDROCK_MODEL_ID": "us.anthropic.claude-sonnet-4-20250514-v1:0",
+    "BEDROCK_REGION": None,
+    # Extra keyword arguments for BedrockModel (for example ``endpoint_url`` via boto_client_config).
+    "BEDROCK_OPTIONS": {},
+    # Offline model pacing: tokens per second (0 streams with no delay).
+    "OFFLINE_TOKENS_PER_SECOND": 0,
+    # System prompt of the default agent.
+    "SYSTEM_PROMPT": "You are a helpful assistant. Use the calculator for arithmetic.",
+    # Hosts the default agent's http_get tool may fetch from; empty means the tool refuses every URL.
+    "HTTP_TOOL_ALLOWED_HOSTS": [],
+    # Largest accepted prompt, in characters.
+    "MAX_PROMPT_CHARS": 16_000,
+    # Largest accepted client frame, in bytes (text) or any binary frame.
+    "MAX_FRAME_BYTES": 64_000,
+    # Whether anonymous users may open conversations (their own, bound to the session).
+    "ALLOW_ANONYMOUS": False,
+    # How many messages of history the ``conversation`` frame carries on connect.
+    "HISTORY_FRAME_MESSAGES": 200,
+    # Window in seconds within which text deltas are merged before a group broadcast.
+    "BROADCAST_WINDOW_SECONDS": 0.03,
+    # Wall-clock limit of one run, in seconds; a run over it is stopped and ends ``failed``.
+    "RUN_TIME_LIMIT_SECONDS": 600,
+}
+
+
+class AppSettings:
+    """Attribute access to agentapp settings, user values over ``DEFAULTS``."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] | None = None
+
+    def _merged(self) -> dict[str, Any]:
+        if self._cache is None:
+            user = getattr(settings, "AGENTAPP", {}) or {}
+            unknown = set(user) - set(DEFAULTS)
+            if unknown:
+                from django.core.exceptions import ImproperlyConfigured
+
+                raise ImproperlyConfigured(f"Unknown AGENTAPP settings: {sorted(unknown)}")
+            self._cache = {**DEFAULTS, **user}
+        return self._cache
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._merged()[name]
+        except KeyError:
+            raise AttributeError(f"No AGENTAPP setting {name!r}") from None
+
+    def reload(self) -> None:
+        """Forget cached values so the next access reads settings again."""
+        self._cache = None
+
+
+app_settings = AppSettings()
+
+
+@receiver(setting_changed)
+def _reload_on_change(*, setting: str, **kwargs: Any) -> None:
+    if setting == "AGENTAPP":
+        app_settings.reload()

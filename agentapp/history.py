@@ -1,0 +1,97 @@
+"""Reading a conversation back: stored messages as Strands messages, repaired so the model accepts them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .models import Message
+from .protocol import from_storable, json_safe
+
+INTERRUPTED_TOOL_TEXT = "Tool call did not finish: the run was stopped before it returned a result."
+
+
+def orphan_tool_uses(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool uses in the last assistant message that no later toolResult answers."""
+    answered = {
+        block["toolResult"].get("toolUseId")
+        for message in messages
+        for block in message.get("content", [])
+        if isinstance(block, dict) and isinstance(block.get("toolResult"), dict)
+    }
+    for message in reversed(messages):
+        if message.get("role") == "assistant":
+            return [
+                block["toolUse"]
+                for block in message.get("content", [])
+                if isinstance(block, dict)
+                and isinstance(block.get("toolUse"), dict)
+                and block["toolUse"].get("toolUseId") not in answered
+            ]
+    return []
+
+
+def error_results_for(tool_uses: list[dict[str, Any]], text: str = INTERRUPTED_TOOL_TEXT) -> dict[str, Any]:
+    """A user message answering each tool use with an error toolResult."""
+    return {
+        "role": "user",
+        "content": [
+            {"toolResult": {"toolUseId": tool_use.get("toolUseId"), "status": "error", "content": [{"text": text}]}}
+            for tool_use in tool_uses
+        ],
+    }
+
+
+def repair(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Make stored messages a valid model input: answer dangling tool uses and merge same-role neighbours."""
+    repaired: list[dict[str, Any]] = []
+
+    def answer_orphans(answered_next: set[Any]) -> list[dict[str, Any]]:
+        if not repaired or repaired[-1]["role"] != "assistant":
+            return []
+        missing = [use for use in orphan_tool_uses(repaired) if use.get("toolUseId") not in answered_next]
+        return error_results_for(missing)["content"] if missing else []
+
+    for message in messages:
+        content = [block for block in message["content"] if block]
+        if message["role"] == "user":
+            answered_here = {block["toolResult"].get("toolUseId") for block in content if "toolResult" in block}
+            content = answer_orphans(answered_here) + content
+        else:
+            errors = answer_orphans(set())
+            if errors:
+                repaired.append({"role": "user", "content": errors})
+        if not content:
+            continue
+        if repaired and repaired[-1]["role"] == message["role"]:
+            repaired[-1]["content"].extend(content)
+        else:
+            repaired.append({"role": message["role"], "content": content})
+    errors = answer_orphans(set())
+    if errors:
+        repaired.append({"role": "user", "content": errors})
+    return repaired
+
+
+def load_messages(conversation_id: Any) -> list[dict[str, Any]]:
+    """The conversation's messages as Strands messages, ready to seed an Agent (synchronous ORM)."""
+    rows = Message.objects.filter(conversation_id=conversation_id).order_by("position").values_list("role", "content")
+    return repair([{"role": role, "content": from_storable(content)} for role, content in rows])
+
+
+def public_history(conversation_id: Any, limit: int) -> list[dict[str, Any]]:
+    """The last ``limit`` stored messages in wire form, for the ``conversation`` frame."""
+    rows = list(
+        Message.objects.filter(conversation_id=conversation_id)
+        .order_by("-position")
+        .values("position", "role", "content", "partial", "run_id")[:limit]
+    )
+    return [
+        {
+            "position": row["position"],
+            "role": row["role"],
+            "content": json_safe(from_storable(row["content"])),
+            "partial": row["partial"],
+            "run_id": str(row["run_id"]) if row["run_id"] else None,
+        }
+        for row in reversed(rows)
+    ]

@@ -1,0 +1,121 @@
+"""Durable conversations: each prompt is a Run, each Strands message a Message, each tool result a ToolResult."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class Conversation(models.Model):
+    """A thread of messages between users and one agent, owned by a user or an anonymous session."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="agent_conversations"
+    )
+    # Set for conversations opened anonymously (demo mode): the Django session that owns them.
+    session_key = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    title = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [models.Index(fields=["owner", "-updated_at"], name="agentapp_conv_owner_upd")]
+
+    def __str__(self) -> str:
+        return self.title or str(self.id)
+
+
+class Run(models.Model):
+    """One prompt to one result: its status, stop reason, usage and timing."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        COMPLETED = "completed"
+        CANCELLED = "cancelled"
+        FAILED = "failed"
+        INTERRUPTED = "interrupted"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="runs")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    prompt = models.TextField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    stop_reason = models.CharField(max_length=64, blank=True, default="")
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    total_tokens = models.PositiveIntegerField(default=0)
+    usage = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["started_at"]
+        indexes = [
+            models.Index(fields=["conversation", "started_at"], name="agentapp_run_conv_started"),
+            models.Index(fields=["status"], name="agentapp_run_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.prompt[:40]} ({self.status})"
+
+
+class Message(models.Model):
+    """One Strands message (role and content blocks) at its position in a conversation."""
+
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages")
+    position = models.PositiveIntegerField()
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.JSONField(default=list)
+    # True for assistant text cut short by a cancel, disconnect or failure.
+    partial = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["conversation", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["conversation", "position"], name="agentapp_message_position_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.position} {self.role}"
+
+
+class ToolResult(models.Model):
+    """The result of one tool call, linked to the user-role message that carried it to the model."""
+
+    class Status(models.TextChoices):
+        SUCCESS = "success"
+        ERROR = "error"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="tool_results")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="tool_results")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="tool_results")
+    tool_use_id = models.CharField(max_length=128)
+    tool_name = models.CharField(max_length=128, blank=True, default="")
+    tool_input = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    content = models.JSONField(default=list)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(fields=["tool_name", "status"], name="agentapp_toolres_name_status"),
+            models.Index(fields=["conversation", "tool_use_id"], name="agentapp_toolres_conv_use"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tool_name} {self.status}"

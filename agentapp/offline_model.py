@@ -1,0 +1,422 @@
+"""A deterministic Strands model that needs no network: it plans calculator steps from the prompt.
+
+The model reads the last user prompt and the tool results that followed it, then either asks for the next
+tool call (one per model call) or streams a final text answer word by word, as Bedrock-shaped events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from strands.models.model import Model
+from strands.types.content import Messages
+from strands.types.streaming import StreamEvent
+from strands.types.tools import ToolSpec
+
+CALCULATOR = "calculator"
+# Upper bound on a "Stream N tokens" request, so a prompt cannot make the model stream forever.
+MAX_STREAM_TOKENS = 1_000_000
+# The whole of the model's world knowledge.
+CAPITALS = {
+    "france": "Paris",
+    "germany": "Berlin",
+    "italy": "Rome",
+    "spain": "Madrid",
+    "japan": "Tokyo",
+    "united kingdom": "London",
+}
+# Longest cancellation latency while pacing: sleeps are cut into slices this long.
+_CANCEL_POLL_SECONDS = 0.05
+
+### Prompt parsing ###
+
+_NUM = r"-?\d+(?:\.\d+)?"
+_STREAM_RE = re.compile(r"\bstream\s+(\d+)\s+tokens?\b", re.IGNORECASE)
+_TOOL_RE = re.compile(
+    r"\b(?:call|use|run)\s+(?:the\s+)?(?P<name>[A-Za-z_]\w*)(?P<suffix>\s+tool)?"
+    r"(?:\s+with\s+(?P<args>\{.*\}))?",
+    re.IGNORECASE | re.DOTALL,
+)
+_CLAUSE_SPLIT_RE = re.compile(r"\s*(?:,?\s*\band then\b|,?\s*\bthen\b|,\s*and\b|\band\b|,)\s*", re.IGNORECASE)
+_CONTINUE_RE = re.compile(
+    rf"^(?P<op>add|plus|subtract|minus|multiply(?:\s+it)?\s+by|times|divide(?:\s+it)?\s+by)\s+(?P<n>{_NUM})\b",
+    re.IGNORECASE,
+)
+_SQRT_RE = re.compile(rf"\bsquare root of\s+(?P<x>{_NUM})", re.IGNORECASE)
+_PHRASE_RE = re.compile(
+    rf"(?P<a>{_NUM})\s+(?P<op>divided by|multiplied by|times|plus|minus)\s+(?P<b>{_NUM})", re.IGNORECASE
+)
+_CAPITAL_RE = re.compile(r"\bcapital of\s+(?:the\s+)?(?P<country>[A-Za-z][A-Za-z ]*[A-Za-z])", re.IGNORECASE)
+_INLINE_RE = re.compile(r"-?[\d.(][\d.()+\-*/ ]*[\d.)]")
+_OPERATORS = {
+    "add": "+", "plus": "+", "subtract": "-", "minus": "-", "times": "*",
+    "multiplied by": "*", "multiply by": "*", "divided by": "/", "divide by": "/",
+}  # fmt: skip
+
+
+class OfflineModelError(RuntimeError):
+    """Raised by ``OfflineModel`` when ``fail_after_tokens`` asks it to simulate a failure."""
+
+
+@dataclass(frozen=True)
+class _Calc:
+    """One calculator step: a full expression, or an operator and operand applied to the previous result."""
+
+    expression: str = ""
+    op: str = ""
+    operand: str = ""
+
+    def build(self, previous: str) -> str:
+        """Return the expression to send to the calculator, given the previous step's result."""
+        if not self.op:
+            return self.expression
+        left = f"({previous})" if previous.startswith("-") else previous
+        return f"{left} {self.op} {self.operand}"
+
+
+@dataclass
+class _Plan:
+    """What a prompt asks for: facts and calculator steps in order, a named tool call, a token count."""
+
+    parts: list[str | _Calc] = field(default_factory=list)
+    tool: tuple[str, dict[str, Any]] | None = None
+    tool_missing: str = ""
+    stream_tokens: int | None = None
+
+
+def _parse_clause(clause: str, has_previous: bool) -> str | _Calc | None:
+    """Turn one clause into a fact sentence or a calculator step, or None if it asks for neither."""
+    if (match := _CONTINUE_RE.match(clause)) and has_previous:
+        op = re.sub(r"\s+it\b", "", match["op"].lower())
+        return _Calc(op=_OPERATORS[re.sub(r"\s+", " ", op)], operand=match["n"])
+    if match := _SQRT_RE.search(clause):
+        return _Calc(expression=f"sqrt({match['x']})")
+    if match := _PHRASE_RE.search(clause):
+        op = _OPERATORS[re.sub(r"\s+", " ", match["op"].lower())]
+        return _Calc(expression=f"{match['a']} {op} {match['b']}")
+    if match := _CAPITAL_RE.search(clause):
+        country = match["country"]
+        capital = CAPITALS.get(country.lower())
+        return f"the capital of {country} is {capital}" if capital else f"I do not know the capital of {country}"
+    for candidate in _INLINE_RE.findall(clause):
+        if re.search(r"[\d)]\s*[-+*/]", candidate.strip()):
+            return _Calc(expression=candidate.strip())
+    return None
+
+
+def _plan(prompt: str, tool_names: set[str]) -> _Plan:
+    """Read what the prompt asks for; tools not in ``tool_names`` are never planned as calls."""
+    plan = _Plan()
+    if match := _STREAM_RE.search(prompt):
+        plan.stream_tokens = min(int(match[1]), MAX_STREAM_TOKENS)
+        prompt = prompt[: match.start()] + prompt[match.end() :]
+    if (match := _TOOL_RE.search(prompt)) and match["name"] != CALCULATOR:
+        if match["name"] in tool_names:
+            try:
+                args = json.loads(match["args"] or "{}")
+            except ValueError:
+                args = {}
+            plan.tool = (match["name"], args if isinstance(args, dict) else {})
+            return plan
+        if match["suffix"] or match["args"]:
+            plan.tool_missing = match["name"]
+            return plan
+    for clause in _CLAUSE_SPLIT_RE.split(prompt):
+        has_previous = any(isinstance(part, _Calc) for part in plan.parts)
+        part = _parse_clause(clause.strip(" ?.!"), has_previous)
+        if part is not None:
+            plan.parts.append(part)
+    return plan
+
+
+### Conversation state ###
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A tool call already made in this turn, with its result."""
+
+    name: str
+    input: dict[str, Any]
+    status: str
+    text: str
+
+
+def _result_text(result: dict[str, Any]) -> str:
+    """Join a toolResult's text and JSON items into one string."""
+    pieces = []
+    for item in result.get("content", []):
+        if "text" in item:
+            pieces.append(item["text"])
+        elif "json" in item:
+            pieces.append(json.dumps(item["json"]))
+    return "\n".join(pieces)
+
+
+def _read_turn(messages: Messages) -> tuple[str, list[_Step]]:
+    """Return the last text prompt of the user and the tool steps taken since it."""
+    start = 0
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if message["role"] == "user" and any("text" in block for block in message["content"]):
+            start = index
+            break
+    else:
+        return "", []
+    prompt = " ".join(block["text"] for block in messages[start]["content"] if "text" in block)
+    uses: list[dict[str, Any]] = []
+    results: dict[str, dict[str, Any]] = {}
+    for message in messages[start + 1 :]:
+        for block in message["content"]:
+            if "toolUse" in block:
+                uses.append(dict(block["toolUse"]))
+            elif "toolResult" in block:
+                results[block["toolResult"]["toolUseId"]] = dict(block["toolResult"])
+    steps = []
+    for use in uses:
+        result = results.get(use["toolUseId"], {"status": "error", "content": [{"text": "no result"}]})
+        steps.append(_Step(use["name"], use.get("input") or {}, result.get("status", "success"), _result_text(result)))
+    return prompt, steps
+
+
+def _number(text: str) -> str:
+    """Format a numeric result nicely ("25.0" becomes "25"); other text is returned stripped."""
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return text
+
+
+### Decisions ###
+
+
+@dataclass(frozen=True)
+class _ToolCall:
+    """The next tool call the model asks for."""
+
+    name: str
+    input: dict[str, Any]
+
+
+def _sentence(pieces: list[tuple[str, bool]]) -> str:
+    """Join answer pieces into one sentence; a piece flagged True continues the previous one with "then"."""
+    text = pieces[0][0]
+    for piece, continues in pieces[1:]:
+        text += (", then " if continues else ", and ") + piece
+    return text[:1].upper() + text[1:] + "."
+
+
+def _calc_answer(plan: _Plan, steps: list[_Step], tool_names: set[str]) -> _ToolCall | str:
+    """Ask for the next calculator step, or answer from the results once all are in."""
+    calcs = [part for part in plan.parts if isinstance(part, _Calc)]
+    facts = [(part, False) for part in plan.parts if isinstance(part, str)]
+    if calcs and CALCULATOR not in tool_names:
+        missing = f"no calculator is available, so I cannot compute {calcs[0].build('the result')}"
+        return _sentence([*facts, (missing, False)])
+    done = [step for step in steps if step.name == CALCULATOR]
+    results: list[tuple[str, str]] = []
+    previous = ""
+    for index, calc in enumerate(calcs):
+        expression = calc.build(previous)
+        if index >= len(done):
+            return _ToolCall(CALCULATOR, {"expression": expression})
+        step = done[index]
+        expression = str(step.input.get("expression", expression))
+        if step.status != "success":
+            said = step.text.rstrip()
+            return f"I could not compute {expression}. The calculator said: {said}{'' if said.endswith('.') else '.'}"
+        previous = _number(step.text)
+        results.append((expression, previous))
+    answers = iter(results)
+    pieces = []
+    for part in plan.parts:
+        if isinstance(part, str):
+            pieces.append((part, False))
+        else:
+            expression, value = next(answers)
+            pieces.append((f"{expression} = {value}", bool(part.op)))
+    return _sentence(pieces)
+
+
+def _decide(prompt: str, steps: list[_Step], tool_names: set[str]) -> tuple[_ToolCall | str, int | None]:
+    """Return the next tool call or the final answer text, and how many tokens the answer must have."""
+    plan = _plan(prompt, tool_names)
+    if plan.tool:
+        name, args = plan.tool
+        done = [step for step in steps if step.name == name]
+        if not done:
+            return _ToolCall(name, args), plan.stream_tokens
+        verb = "returned" if done[0].status == "success" else "failed"
+        return f"{name} {verb}: {done[0].text}", plan.stream_tokens
+    if plan.tool_missing:
+        return f"I have no tool named {plan.tool_missing}.", plan.stream_tokens
+    if plan.parts:
+        return _calc_answer(plan, steps, tool_names), plan.stream_tokens
+    if plan.stream_tokens is not None:
+        return "", plan.stream_tokens
+    return f"Offline model here. You said: {prompt}", None
+
+
+### Streaming ###
+
+
+def _tokens(text: str) -> list[str]:
+    """Split text into words with their trailing whitespace; the pieces join back to ``text``."""
+    return re.findall(r"\S+\s*|\s+", text)
+
+
+def _fit(tokens: list[str], count: int | None) -> Iterator[str]:
+    """Yield exactly ``count`` tokens: the given ones, truncated or padded with "wN " words."""
+    if count is None:
+        yield from tokens
+        return
+    for index in range(count):
+        if index >= len(tokens):
+            yield f"w{index} "
+        elif index == len(tokens) - 1 and count > len(tokens) and not tokens[index][-1].isspace():
+            yield tokens[index] + " "
+        else:
+            yield tokens[index]
+
+
+def _count_words(messages: Messages, system_prompt: str | None) -> int:
+    """Count the words of every text the model was given, as its deterministic input token count."""
+    words = len((system_prompt or "").split())
+    for message in messages:
+        for block in message["content"]:
+            if "text" in block:
+                words += len(block["text"].split())
+            elif "toolUse" in block:
+                words += 1 + len(json.dumps(block["toolUse"].get("input", {})).split())
+            elif "toolResult" in block:
+                words += len(_result_text(block["toolResult"]).split())
+    return words
+
+
+class _Pacer:
+    """Spaces tokens ``1 / tokens_per_second`` apart on a monotonic schedule, watching for cancellation."""
+
+    def __init__(self, tokens_per_second: float, cancel_signal: threading.Event | None) -> None:
+        self._interval = 1 / tokens_per_second if tokens_per_second > 0 else 0.0
+        self._cancel_signal = cancel_signal
+        self._start = time.monotonic()
+        self._count = 0
+
+    def cancelled(self) -> bool:
+        """Whether the caller asked the stream to stop."""
+        return self._cancel_signal is not None and self._cancel_signal.is_set()
+
+    async def wait(self) -> bool:
+        """Sleep until the next token is due; return False if the stream was cancelled meanwhile."""
+        self._count += 1
+        if self._interval:
+            due = self._start + self._count * self._interval
+            while (delay := due - time.monotonic()) > 0 and not self.cancelled():
+                await asyncio.sleep(min(delay, _CANCEL_POLL_SECONDS))
+        return not self.cancelled()
+
+
+class OfflineModel(Model):
+    """A deterministic, network-free model for tests, demos and benchmarks."""
+
+    def __init__(
+        self,
+        *,
+        tokens_per_second: float = 0,
+        answer_tokens: int | None = None,
+        fail_after_tokens: int | None = None,
+        reasoning: bool = False,
+        model_id: str = "agentapp-offline",
+    ) -> None:
+        self.config: dict[str, Any] = {
+            "tokens_per_second": tokens_per_second,
+            "answer_tokens": answer_tokens,
+            "fail_after_tokens": fail_after_tokens,
+            "reasoning": reasoning,
+            "model_id": model_id,
+        }
+
+    def update_config(self, **model_config: Any) -> None:
+        """Update the configuration with the given keys."""
+        self.config.update(model_config)
+
+    def get_config(self) -> dict[str, Any]:
+        """Return the configuration dict."""
+        return self.config
+
+    def structured_output(
+        self, output_model: Any, prompt: Messages, system_prompt: str | None = None, **kwargs: Any
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Refuse: the offline model cannot produce structured output."""
+        raise NotImplementedError("OfflineModel does not support structured output")
+
+    async def stream(
+        self,
+        messages: Messages,
+        tool_specs: list[ToolSpec] | None = None,
+        system_prompt: str | None = None,
+        *,
+        cancel_signal: threading.Event | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterable[StreamEvent]:
+        """Stream one assistant message: a single tool call, or the final answer token by token."""
+        started = time.monotonic()
+        tool_names = {spec["name"] for spec in tool_specs or []}
+        prompt, steps = _read_turn(messages)
+        action, stream_tokens = _decide(prompt, steps, tool_names)
+        output_tokens = 0
+
+        yield {"messageStart": {"role": "assistant"}}
+        if isinstance(action, _ToolCall):
+            tool_use_id = f"tooluse_{len(messages)}_{len(steps)}"
+            yield {"contentBlockStart": {"start": {"toolUse": {"toolUseId": tool_use_id, "name": action.name}}}}
+            yield {"contentBlockDelta": {"delta": {"toolUse": {"input": json.dumps(action.input)}}}}
+            yield {"contentBlockStop": {}}
+            output_tokens, stop_reason = 1, "tool_use"
+        else:
+            pacer = _Pacer(self.config["tokens_per_second"], cancel_signal)
+            if self.config["reasoning"]:
+                thought = f"The user asked: {prompt} I have {len(steps)} tool result(s), so I answer now."
+                yield {"contentBlockStart": {"start": {}}}
+                for token in _tokens(thought):
+                    if not await pacer.wait():
+                        return
+                    output_tokens += 1
+                    yield {"contentBlockDelta": {"delta": {"reasoningContent": {"text": token}}}}
+                yield {"contentBlockStop": {}}
+            count = stream_tokens if stream_tokens is not None else self.config["answer_tokens"]
+            fail_after = self.config["fail_after_tokens"]
+            yield {"contentBlockStart": {"start": {}}}
+            for index, token in enumerate(_fit(_tokens(action), count)):
+                if fail_after is not None and index >= fail_after:
+                    raise OfflineModelError(f"offline model failure after {fail_after} tokens")
+                if not await pacer.wait():
+                    return
+                output_tokens += 1
+                yield {"contentBlockDelta": {"delta": {"text": token}}}
+            yield {"contentBlockStop": {}}
+            stop_reason = "end_turn"
+        yield {"messageStop": {"stopReason": stop_reason}}
+
+        input_tokens = _count_words(messages, system_prompt)
+        yield {
+            "metadata": {
+                "usage": {
+                    "inputTokens": input_tokens,
+                    "outputTokens": output_tokens,
+                    "totalTokens": input_tokens + output_tokens,
+                },
+                "metrics": {"latencyMs": int((time.monotonic() - started) * 1000)},
+            }
+        }

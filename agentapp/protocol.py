@@ -1,0 +1,290 @@
+"""The wire protocol: every frame the server sends, every frame a client may send, and the whitelist between.
+
+Server frames are JSON objects with ``type`` and ``conversation_id``; frames inside a run also carry
+``run_id`` and ``seq`` (0, 1, 2, ... per run). Strands events keep their ``stream_async`` key as both
+the frame type and the payload key, so ``"data" in frame`` works as it does on the raw event.
+Only the fields listed here leave the server: agent objects, spans, invocation state and exceptions
+never do. ``docs/protocol.md`` describes the same frames for client authors.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import json
+import math
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+### Frame types ###
+
+# Strands events, forwarded under their stream_async key.
+INIT_EVENT_LOOP = "init_event_loop"
+START = "start"
+START_EVENT_LOOP = "start_event_loop"
+DATA = "data"
+CURRENT_TOOL_USE = "current_tool_use"
+REASONING = "reasoning"
+MESSAGE = "message"
+TOOL_RESULT = "tool_result"
+FORCE_STOP = "force_stop"
+THROTTLED = "event_loop_throttled_delay"
+RESULT = "result"
+
+# Our own frames.
+CONVERSATION = "conversation"
+RUN_STARTED = "run_started"
+RUN_FINISHED = "run_finished"
+ERROR = "error"
+
+# Client frames.
+CLIENT_PROMPT = "prompt"
+CLIENT_CANCEL = "cancel"
+CLIENT_FRAME_TYPES = (CLIENT_PROMPT, CLIENT_CANCEL)
+
+# Error codes carried by ``error`` frames.
+ERR_INVALID_JSON = "invalid_json"
+ERR_BINARY_FRAME = "binary_not_supported"
+ERR_FRAME_TOO_LARGE = "frame_too_large"
+ERR_INVALID_FRAME = "invalid_frame"
+ERR_UNKNOWN_TYPE = "unknown_type"
+ERR_MISSING_PROMPT = "missing_prompt"
+ERR_PROMPT_TOO_LARGE = "prompt_too_large"
+ERR_BUSY = "busy"
+ERR_NO_ACTIVE_RUN = "no_active_run"
+ERR_RUN_FAILED = "run_failed"
+ERR_MODEL_THROTTLED = "model_throttled"
+ERR_TIME_LIMIT = "time_limit"
+ERR_FORBIDDEN = "forbidden"
+ERR_NOT_FOUND = "not_found"
+ERR_LOGIN_REQUIRED = "login_required"
+
+# WebSocket close codes (application range 4000-4999).
+CLOSE_LOGIN_REQUIRED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+
+# Run statuses carried by ``run_finished``.
+STATUS_COMPLETED = "completed"
+STATUS_CANCELLED = "cancelled"
+STATUS_FAILED = "failed"
+STATUS_INTERRUPTED = "interrupted"
+
+### JSON safety ###
+
+_MAX_DEPTH = 32
+
+
+def json_safe(value: Any, _depth: int = 0) -> Any:
+    """Return a JSON-safe copy of content-block data; anything unknown becomes a neutral placeholder."""
+    if _depth > _MAX_DEPTH:
+        return "[too deep]"
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(key): json_safe(item, _depth + 1) for key, item in value.items() if isinstance(key, str)}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item, _depth + 1) for item in value]
+    if isinstance(value, (bytes, bytearray)):
+        return {"bytes": len(value)}
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, decimal.Decimal):
+        return float(value) if value.is_finite() else None
+    return "[unserializable]"
+
+
+def encode_frame(frame: Mapping[str, Any]) -> str:
+    """Serialize a frame built by this module to compact JSON text."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+### Storage codec: content blocks with bytes (images, documents) survive a round trip to JSON ###
+
+_BYTES_MARKER = "__agentapp_bytes__"
+
+
+def to_storable(value: Any) -> Any:
+    """Encode content blocks for a JSON column, keeping bytes as base64 so the model can be fed them again."""
+    if isinstance(value, (bytes, bytearray)):
+        return {_BYTES_MARKER: base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, Mapping):
+        return {str(key): to_storable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_storable(item) for item in value]
+    return json_safe(value)
+
+
+def from_storable(value: Any) -> Any:
+    """Decode what ``to_storable`` wrote back into Strands content blocks."""
+    if isinstance(value, dict):
+        if set(value) == {_BYTES_MARKER}:
+            return base64.b64decode(value[_BYTES_MARKER])
+        return {key: from_storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [from_storable(item) for item in value]
+    return value
+
+
+### Server frames from Strands events ###
+
+
+def public_message(message: Mapping[str, Any]) -> dict[str, Any]:
+    """The wire form of a Strands message: role and JSON-safe content blocks only."""
+    return {"role": str(message.get("role", "")), "content": json_safe(list(message.get("content") or []))}
+
+
+def tool_results_in(message: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Yield each toolResult block of a user-role message (where Strands puts tool results)."""
+    if message.get("role") != "user":
+        return
+    for block in message.get("content") or []:
+        if isinstance(block, Mapping) and isinstance(block.get("toolResult"), Mapping):
+            yield block["toolResult"]
+
+
+def _public_tool_use(tool_use: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "toolUseId": str(tool_use.get("toolUseId", "")),
+        "name": str(tool_use.get("name", "")),
+        "input": json_safe(tool_use.get("input", "")),
+    }
+
+
+def _usage(usage: Mapping[str, Any] | None) -> dict[str, int]:
+    usage = usage or {}
+    keys = ("inputTokens", "outputTokens", "totalTokens", "cacheReadInputTokens", "cacheWriteInputTokens")
+    return {key: int(usage[key]) for key in keys if isinstance(usage.get(key), (int, float))}
+
+
+def result_payload(result: Any) -> dict[str, Any]:
+    """The wire form of an AgentResult: stop reason, final message, this run's usage and metrics."""
+    metrics = getattr(result, "metrics", None)
+    invocation = getattr(metrics, "latest_agent_invocation", None)
+    cycles = list(getattr(invocation, "cycles", None) or [])
+    durations = list(getattr(metrics, "cycle_durations", None) or [])[-len(cycles) :] if cycles else []
+    message = getattr(result, "message", None) or {}
+    return {
+        "stop_reason": str(getattr(result, "stop_reason", "") or ""),
+        "message": public_message(message),
+        "usage": _usage(getattr(invocation, "usage", None)),
+        "metrics": {
+            "cycles": len(cycles),
+            "cycleDurationsS": [round(float(duration), 6) for duration in durations],
+        },
+    }
+
+
+def payloads_for_event(event: Mapping[str, Any], tool_names: Mapping[str, str]) -> Iterator[dict[str, Any]]:
+    """Translate one stream_async event into zero or more frame payloads (without envelope fields)."""
+    if event.get(INIT_EVENT_LOOP):
+        yield {"type": INIT_EVENT_LOOP, INIT_EVENT_LOOP: True}
+    elif event.get(START_EVENT_LOOP):
+        yield {"type": START_EVENT_LOOP, START_EVENT_LOOP: True}
+    elif event.get(START):
+        yield {"type": START, START: True}
+    elif isinstance(event.get(DATA), str):
+        yield {"type": DATA, DATA: event[DATA]}
+    elif isinstance(event.get(CURRENT_TOOL_USE), Mapping):
+        yield {"type": CURRENT_TOOL_USE, CURRENT_TOOL_USE: _public_tool_use(event[CURRENT_TOOL_USE])}
+    elif event.get(REASONING) and isinstance(event.get("reasoningText"), str):
+        yield {"type": REASONING, REASONING: True, "reasoningText": event["reasoningText"]}
+    elif isinstance(event.get(MESSAGE), Mapping):
+        message = event[MESSAGE]
+        yield {"type": MESSAGE, MESSAGE: public_message(message)}
+        for tool_result in tool_results_in(message):
+            tool_use_id = str(tool_result.get("toolUseId", ""))
+            yield {
+                "type": TOOL_RESULT,
+                TOOL_RESULT: {
+                    "toolUseId": tool_use_id,
+                    "name": tool_names.get(tool_use_id, ""),
+                    "status": str(tool_result.get("status", "")),
+                    "content": json_safe(list(tool_result.get("content") or [])),
+                },
+            }
+    elif event.get(FORCE_STOP):
+        yield {"type": FORCE_STOP, FORCE_STOP: True, "force_stop_reason": str(event.get("force_stop_reason", ""))}
+    elif isinstance(event.get(THROTTLED), (int, float)):
+        yield {"type": THROTTLED, THROTTLED: event[THROTTLED]}
+    elif RESULT in event and not isinstance(event.get(RESULT), (str, bytes, Mapping)):
+        yield {"type": RESULT, RESULT: result_payload(event[RESULT])}
+
+
+### Envelope ###
+
+
+@dataclass
+class RunFrames:
+    """Adds the envelope (conversation, run, increasing seq) to the payloads of one run."""
+
+    conversation_id: str
+    run_id: str
+    seq: int = 0
+
+    def frame(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Stamp a payload with this run's ids and the next seq."""
+        framed = {**payload, "conversation_id": self.conversation_id, "run_id": self.run_id, "seq": self.seq}
+        self.seq += 1
+        return framed
+
+
+def error_frame(conversation_id: str | None, code: str, message: str) -> dict[str, Any]:
+    """An ``error`` frame outside any run."""
+    return {"type": ERROR, "conversation_id": conversation_id, "code": code, "message": message}
+
+
+### Client frames ###
+
+
+class ProtocolError(Exception):
+    """A client frame that cannot be accepted; ``code`` is the error code sent back."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ClientFrame:
+    """A validated client frame."""
+
+    type: str
+    prompt: str = ""
+
+
+def parse_client_frame(
+    text: str | None, binary: bytes | None, max_frame_bytes: int, max_prompt_chars: int
+) -> ClientFrame:
+    """Validate one raw WebSocket frame from a client, raising ProtocolError with a distinct code."""
+    if binary is not None or text is None:
+        raise ProtocolError(ERR_BINARY_FRAME, "Binary frames are not supported; send JSON text.")
+    if len(text.encode("utf-8", errors="surrogatepass")) > max_frame_bytes:
+        raise ProtocolError(ERR_FRAME_TOO_LARGE, f"Frames are limited to {max_frame_bytes} bytes.")
+    try:
+        content = json.loads(text)
+    except ValueError:
+        raise ProtocolError(ERR_INVALID_JSON, "The frame is not valid JSON.") from None
+    if not isinstance(content, dict):
+        raise ProtocolError(ERR_INVALID_FRAME, "A frame must be a JSON object with a 'type'.")
+    frame_type = content.get("type")
+    if frame_type not in CLIENT_FRAME_TYPES:
+        raise ProtocolError(ERR_UNKNOWN_TYPE, f"Unknown frame type; expected one of {list(CLIENT_FRAME_TYPES)}.")
+    if frame_type == CLIENT_PROMPT:
+        prompt = content.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ProtocolError(ERR_MISSING_PROMPT, "A prompt frame needs a non-empty string 'prompt'.")
+        if len(prompt) > max_prompt_chars:
+            raise ProtocolError(ERR_PROMPT_TOO_LARGE, f"Prompts are limited to {max_prompt_chars} characters.")
+        return ClientFrame(CLIENT_PROMPT, prompt)
+    return ClientFrame(frame_type)

@@ -1,0 +1,206 @@
+"""Persistence of one run: the prompt at start, each message as it completes, the outcome at the end.
+
+Writes go through one queue drained by a writer task, so the stream never waits on the database and
+the number of statements follows messages, not tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from .history import INTERRUPTED_TOOL_TEXT, error_results_for, orphan_tool_uses
+from .models import Conversation, Message, Run, ToolResult
+from .protocol import to_storable, tool_results_in
+
+logger = logging.getLogger(__name__)
+
+TITLE_CHARS = 80
+
+
+class ConversationBusy(Exception):
+    """Another run of the conversation is still in progress."""
+
+
+### Synchronous writes (run in Channels' database thread) ###
+
+
+def create_run(conversation_id: Any, run_id: Any, user_id: Any, prompt: str, stale_after_seconds: float) -> int:
+    """Insert the Run and its prompt message; return the next free message position.
+
+    Raises ConversationBusy while another run is in progress; a run older than ``stale_after_seconds``
+    is taken as abandoned by a dead process and marked interrupted.
+    """
+    with transaction.atomic():
+        Conversation.objects.select_for_update().filter(pk=conversation_id).first()
+        running = Run.objects.filter(conversation_id=conversation_id, status=Run.Status.RUNNING)
+        stale_before = timezone.now() - timedelta(seconds=stale_after_seconds)
+        running.filter(started_at__lt=stale_before).update(
+            status=Run.Status.INTERRUPTED, error="Abandoned: its server stopped.", finished_at=timezone.now()
+        )
+        if running.exists():
+            raise ConversationBusy(str(conversation_id))
+        top = Message.objects.filter(conversation_id=conversation_id).aggregate(top=Max("position"))["top"]
+        position = 0 if top is None else top + 1
+        run = Run.objects.create(id=run_id, conversation_id=conversation_id, user_id=user_id, prompt=prompt)
+        Message.objects.create(
+            conversation_id=conversation_id,
+            run=run,
+            position=position,
+            role=Message.Role.USER,
+            content=[{"text": prompt}],
+        )
+        Conversation.objects.filter(pk=conversation_id, title="").update(title=prompt[:TITLE_CHARS])
+    return position + 1
+
+
+def write_message(
+    conversation_id: Any,
+    run_id: Any,
+    position: int,
+    message: Mapping[str, Any],
+    partial: bool,
+    tool_calls: Mapping[str, dict[str, Any]],
+) -> None:
+    """Insert one message and, for a user-role message, a ToolResult row per toolResult block."""
+    row = Message.objects.create(
+        conversation_id=conversation_id,
+        run_id=run_id,
+        position=position,
+        role=message["role"],
+        content=to_storable(list(message.get("content") or [])),
+        partial=partial,
+    )
+    results = [
+        ToolResult(
+            message=row,
+            run_id=run_id,
+            conversation_id=conversation_id,
+            tool_use_id=str(result.get("toolUseId", "")),
+            tool_name=tool_calls.get(str(result.get("toolUseId", "")), {}).get("name", ""),
+            tool_input=to_storable(tool_calls.get(str(result.get("toolUseId", "")), {}).get("input", {})),
+            status=ToolResult.Status.ERROR if result.get("status") == "error" else ToolResult.Status.SUCCESS,
+            content=to_storable(list(result.get("content") or [])),
+            duration_ms=tool_calls.get(str(result.get("toolUseId", "")), {}).get("duration_ms"),
+        )
+        for result in tool_results_in(message)
+    ]
+    if results:
+        ToolResult.objects.bulk_create(results)
+
+
+def finish_run(run_id: Any, conversation_id: Any, outcome: Mapping[str, Any]) -> None:
+    """Record the run's status, stop reason, usage and timing, and touch the conversation."""
+    usage = outcome.get("usage") or {}
+    Run.objects.filter(pk=run_id).update(
+        status=outcome["status"],
+        stop_reason=outcome.get("stop_reason", "")[:64],
+        input_tokens=int(usage.get("inputTokens", 0)),
+        output_tokens=int(usage.get("outputTokens", 0)),
+        total_tokens=int(usage.get("totalTokens", 0)),
+        usage=usage,
+        metrics=outcome.get("metrics") or {},
+        latency_ms=outcome.get("latency_ms"),
+        error=outcome.get("error", ""),
+        finished_at=timezone.now(),
+    )
+    Conversation.objects.filter(pk=conversation_id).update(updated_at=timezone.now())
+
+
+### The recorder ###
+
+
+class RunRecorder:
+    """Follows one run's events and writes them in order from a background writer task."""
+
+    def __init__(self, conversation_id: Any, run_id: Any, user_id: Any, prompt: str) -> None:
+        self.conversation_id = conversation_id
+        self.run_id = run_id
+        self.user_id = user_id
+        self.prompt = prompt
+        self.messages: list[dict[str, Any]] = [{"role": "user", "content": [{"text": prompt}]}]
+        self.pending_text: list[str] = []
+        self.tool_calls: dict[str, dict[str, Any]] = {}
+        self.cancelling = False
+        self._position = 0
+        self._queue: asyncio.Queue[Callable[[], None] | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._started_at = time.monotonic()
+        self.failed_writes = 0
+
+    async def start(self, stale_after_seconds: float) -> None:
+        """Write the Run and its prompt, then start the writer task (raises ConversationBusy)."""
+        self._position = await database_sync_to_async(create_run)(
+            self.conversation_id, self.run_id, self.user_id, self.prompt, stale_after_seconds
+        )
+        self._writer = asyncio.create_task(self._drain(), name=f"agentapp-recorder-{self.run_id}")
+
+    def observe(self, event: Mapping[str, Any]) -> None:
+        """Note one stream_async event; complete messages are queued for writing."""
+        if isinstance(event.get("data"), str):
+            self.pending_text.append(event["data"])
+        elif isinstance(event.get("message"), Mapping):
+            self._on_message(event["message"])
+
+    def _on_message(self, message: Mapping[str, Any]) -> None:
+        partial = False
+        if message.get("role") == "assistant" and self.cancelling and self.pending_text:
+            # Strands replaces a cancelled answer with a placeholder; keep what the user saw instead.
+            message = {"role": "assistant", "content": [{"text": "".join(self.pending_text)}]}
+            partial = True
+        self.pending_text = []
+        now = time.monotonic()
+        if message.get("role") == "assistant":
+            for block in message.get("content") or []:
+                if isinstance(block, Mapping) and isinstance(block.get("toolUse"), Mapping):
+                    tool_use = block["toolUse"]
+                    self.tool_calls[str(tool_use.get("toolUseId", ""))] = {
+                        "name": str(tool_use.get("name", "")),
+                        "input": tool_use.get("input", {}),
+                        "started": now,
+                    }
+        for result in tool_results_in(message):
+            call = self.tool_calls.get(str(result.get("toolUseId", "")))
+            if call is not None and "started" in call:
+                call["duration_ms"] = int((now - call.pop("started")) * 1000)
+        self._enqueue_message(dict(message), partial)
+
+    def _enqueue_message(self, message: dict[str, Any], partial: bool) -> None:
+        self.messages.append(message)
+        position = self._position
+        self._position += 1
+        calls = {key: dict(value) for key, value in self.tool_calls.items()}
+        self._queue.put_nowait(
+            lambda: write_message(self.conversation_id, self.run_id, position, message, partial, calls)
+        )
+
+    async def _drain(self) -> None:
+        while (job := await self._queue.get()) is not None:
+            try:
+                await database_sync_to_async(job)()
+            except Exception:
+                self.failed_writes += 1
+                logger.exception("agentapp: could not save a message of run %s", self.run_id)
+
+    async def finish(self, outcome: dict[str, Any]) -> None:
+        """Save partial text and answer dangling tool uses, then wait for every write and record the outcome."""
+        if self.pending_text:
+            self._enqueue_message({"role": "assistant", "content": [{"text": "".join(self.pending_text)}]}, True)
+            self.pending_text = []
+        orphans = orphan_tool_uses(self.messages)
+        if orphans:
+            self._enqueue_message(error_results_for(orphans, INTERRUPTED_TOOL_TEXT), False)
+        outcome.setdefault("latency_ms", int((time.monotonic() - self._started_at) * 1000))
+        self._queue.put_nowait(lambda: finish_run(self.run_id, self.conversation_id, outcome))
+        self._queue.put_nowait(None)
+        if self._writer is not None:
+            await asyncio.shield(self._writer)

@@ -1,0 +1,130 @@
+"""One run of an agent: drive ``stream_async``, turn events into frames, hand them on, record them.
+
+The path of an event reads top to bottom: agent stream -> protocol (whitelist) -> emit (socket and
+group) -> recorder (database). The stream is always closed, whatever ends the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from strands import Agent
+from strands.types.exceptions import ContextWindowOverflowException, ModelThrottledException
+
+from . import protocol
+from .recorder import RunRecorder
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+
+_FAILURE_CODES: dict[type[BaseException], tuple[str, str]] = {
+    ModelThrottledException: (protocol.ERR_MODEL_THROTTLED, "The model is throttling requests; try again shortly."),
+    ContextWindowOverflowException: (protocol.ERR_RUN_FAILED, "The conversation no longer fits the model's context."),
+}
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """An error code and a client-safe message for an exception that ended a run."""
+    for kind, described in _FAILURE_CODES.items():
+        if isinstance(exc, kind):
+            return described
+    return protocol.ERR_RUN_FAILED, f"The agent run failed ({type(exc).__name__})."
+
+
+@dataclass
+class AgentRun:
+    """A prompt sent to an agent, streamed to ``emit`` frame by frame and saved by a recorder."""
+
+    agent: Agent
+    prompt: str
+    conversation_id: str
+    emit: Emit
+    user_id: Any = None
+    run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    cancel_signal: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.frames = protocol.RunFrames(self.conversation_id, self.run_id)
+        self.recorder = RunRecorder(self.conversation_id, self.run_id, self.user_id, self.prompt)
+        self.tool_names: dict[str, str] = {}
+        self.status = protocol.STATUS_COMPLETED
+        self.stop_reason = ""
+        self.timed_out = ""
+
+    def cancel(self) -> None:
+        """Ask the run to stop at Strands' next safe point."""
+        self.recorder.cancelling = True
+        self.cancel_signal.set()
+
+    def _time_out(self, limit: float) -> None:
+        self.timed_out = f"The run exceeded its time limit of {limit:g} seconds."
+        self.cancel()
+
+    async def _send(self, payload: dict[str, Any]) -> None:
+        await self.emit(self.frames.frame(payload))
+
+    async def execute(self, time_limit: float) -> str:
+        """Run to the end and return the final status; raises only ConversationBusy, before starting."""
+        await self.recorder.start(stale_after_seconds=time_limit)
+        await self._send({"type": protocol.RUN_STARTED, "prompt": self.prompt})
+        outcome: dict[str, Any] = {}
+        timer = asyncio.get_running_loop().call_later(time_limit, self._time_out, time_limit)
+        stream = self.agent.stream_async(self.prompt, cancel_signal=self.cancel_signal)
+        try:
+            async for event in stream:
+                await self._forward(event, outcome)
+            if self.timed_out:
+                self.status = protocol.STATUS_FAILED
+                outcome["error"] = self.timed_out
+                await self._send({"type": protocol.ERROR, "code": protocol.ERR_TIME_LIMIT, "message": self.timed_out})
+            elif self.cancel_signal.is_set() or self.stop_reason == "cancelled":
+                self.status = protocol.STATUS_CANCELLED
+        except asyncio.CancelledError:
+            self.status = protocol.STATUS_INTERRUPTED
+            outcome["error"] = "The server stopped the run."
+            await self._close(stream, outcome)
+            raise
+        except Exception as exc:
+            logger.exception("agentapp: run %s failed", self.run_id)
+            code, message = describe_failure(exc)
+            self.status = protocol.STATUS_FAILED
+            outcome["error"] = message
+            await self._send({"type": protocol.ERROR, "code": code, "message": message})
+        finally:
+            timer.cancel()
+        await self._close(stream, outcome)
+        return self.status
+
+    async def _forward(self, event: dict[str, Any], outcome: dict[str, Any]) -> None:
+        tool_use = event.get("current_tool_use")
+        if isinstance(tool_use, dict) and tool_use.get("toolUseId"):
+            self.tool_names[str(tool_use["toolUseId"])] = str(tool_use.get("name", ""))
+        for payload in protocol.payloads_for_event(event, self.tool_names):
+            if payload["type"] == protocol.RESULT:
+                self.stop_reason = payload[protocol.RESULT]["stop_reason"]
+                outcome.update(
+                    usage=payload[protocol.RESULT]["usage"],
+                    metrics=payload[protocol.RESULT]["metrics"],
+                    stop_reason=self.stop_reason,
+                )
+            await self._send(payload)
+        self.recorder.observe(event)
+
+    async def _close(self, stream: Any, outcome: dict[str, Any]) -> None:
+        try:
+            await stream.aclose()
+        except Exception:
+            logger.exception("agentapp: closing the stream of run %s failed", self.run_id)
+        outcome["status"] = self.status
+        outcome.setdefault("stop_reason", self.stop_reason)
+        await self.recorder.finish(outcome)
+        await self._send(
+            {"type": protocol.RUN_FINISHED, "status": self.status, "stop_reason": outcome.get("stop_reason", "")}
+        )

@@ -1,0 +1,52 @@
+"""Shared fixtures: the channel layer under test (in-memory and real Redis) and WebSocket helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+from channels.layers import channel_layers
+
+REDIS_URL = os.environ.get("AGENTAPP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+LAYERS = {
+    "memory": {"BACKEND": "channels.layers.InMemoryChannelLayer"},
+    "redis": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}},
+    "redis_pubsub": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}},
+}
+
+
+def require_redis() -> None:
+    """Fail (never skip) when the Redis server the suite needs is not answering."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {REDIS_URL} is required by this test and is not reachable: {exc}")
+
+
+@pytest.fixture(params=["memory", "redis"])
+def layer(request: pytest.FixtureRequest, settings: Any) -> str:
+    """Run the test once with the in-memory layer and once with the Redis layer."""
+    if request.param.startswith("redis"):
+        require_redis()
+    settings.CHANNEL_LAYERS = {"default": LAYERS[request.param]}
+    channel_layers.backends.clear()
+    yield request.param
+    channel_layers.backends.clear()
+
+
+@pytest.fixture
+def offline_instant(settings: Any) -> None:
+    """The offline model with no pacing, so tests run at full speed."""
+    settings.AGENTAPP = {**getattr(settings, "AGENTAPP", {}), "OFFLINE_TOKENS_PER_SECOND": 0}
+
+
+def decode(raw: str) -> dict[str, Any]:
+    """Parse a server frame, failing the test on anything but a JSON object."""
+    frame = json.loads(raw)
+    assert isinstance(frame, dict), raw
+    return frame

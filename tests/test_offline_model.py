@@ -1,0 +1,241 @@
+"""Tests of OfflineModel, driven through a real strands.Agent and directly."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+from strands import Agent, tool
+
+from agentapp.offline_model import OfflineModel, OfflineModelError
+from agentapp.tools import calculator
+
+CALCULATOR_SPEC = {"name": "calculator", "description": "calc", "inputSchema": {"json": {}}}
+
+
+async def run(agent: Agent, prompt: str) -> dict[str, Any]:
+    """Stream one prompt through ``agent`` and sort the events into what the tests look at."""
+    events = [event async for event in agent.stream_async(prompt)]
+    messages = [event["message"] for event in events if "message" in event]
+    result = events[-1]["result"]
+    return {
+        "events": events,
+        "data": [event["data"] for event in events if "data" in event],
+        "tool_uses": [
+            block["toolUse"] for m in messages if m["role"] == "assistant" for block in m["content"] if "toolUse" in block
+        ],
+        "tool_results": [
+            block["toolResult"] for m in messages if m["role"] == "user" for block in m["content"] if "toolResult" in block
+        ],
+        "result": result,
+        "text": "".join(block["text"] for block in result.message["content"] if "text" in block),
+    }
+
+
+async def collect(model: OfflineModel, messages: list[dict[str, Any]], **kwargs: Any) -> list[dict[str, Any]]:
+    """Return every event ``model.stream`` yields for ``messages``."""
+    return [event async for event in model.stream(messages, **kwargs)]
+
+
+SEEDS = [
+    ("Calculate 2+2", ["2+2"], [("success", "4")], "2+2 = 4."),
+    (
+        "Calculate 15 * 23 and then add 100",
+        ["15 * 23", "345 + 100"],
+        [("success", "345"), ("success", "445")],
+        "15 * 23 = 345, then 345 + 100 = 445.",
+    ),
+    (
+        "What is 50 divided by 2, then multiply by 3?",
+        ["50 / 2", "25 * 3"],
+        [("success", "25"), ("success", "75")],
+        "50 / 2 = 25, then 25 * 3 = 75.",
+    ),
+    (
+        "Calculate the square root of -1",
+        ["sqrt(-1)"],
+        [("error", "Error: sqrt(-1) is undefined (math domain error)")],
+        "I could not compute sqrt(-1). The calculator said: Error: sqrt(-1) is undefined (math domain error).",
+    ),
+    (
+        "What is the capital of France and what is 42+7?",
+        ["42+7"],
+        [("success", "49")],
+        "The capital of France is Paris, and 42+7 = 49.",
+    ),
+]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("prompt", "expressions", "results", "answer"), SEEDS)
+async def test_seed_prompts(prompt: str, expressions: list[str], results: list[tuple[str, str]], answer: str) -> None:
+    run_ = await run(Agent(model=OfflineModel(), tools=[calculator], callback_handler=None), prompt)
+
+    assert [use["name"] for use in run_["tool_uses"]] == ["calculator"] * len(expressions)
+    assert [use["input"]["expression"] for use in run_["tool_uses"]] == expressions
+    assert [(r["status"], r["content"][0]["text"]) for r in run_["tool_results"]] == results
+    assert "".join(run_["data"]) == run_["text"] == answer
+    assert run_["result"].stop_reason == "end_turn"
+
+
+@pytest.mark.asyncio
+async def test_tool_use_ids_are_unique_across_turns() -> None:
+    agent = Agent(model=OfflineModel(), tools=[calculator], callback_handler=None)
+    await run(agent, "Calculate 2+2")
+    second = await run(agent, "What is 50 divided by 2, then multiply by 3?")
+
+    ids = [b["toolUse"]["toolUseId"] for m in agent.messages for b in m["content"] if "toolUse" in b]
+    assert len(ids) == len(set(ids)) == 3
+    assert second["text"] == "50 / 2 = 25, then 25 * 3 = 75."
+
+
+@pytest.mark.asyncio
+async def test_stream_many_tokens() -> None:
+    run_ = await run(Agent(model=OfflineModel(), callback_handler=None), "Stream 10000 tokens")
+
+    assert len(run_["data"]) == 10000
+    assert run_["data"][:2] == ["w0 ", "w1 "]
+    assert "".join(run_["data"]) == run_["text"]
+
+
+@pytest.mark.asyncio
+async def test_stream_tokens_after_a_calculation() -> None:
+    agent = Agent(model=OfflineModel(), tools=[calculator], callback_handler=None)
+    run_ = await run(agent, "Calculate 2+2 and stream 50 tokens")
+
+    assert [use["input"] for use in run_["tool_uses"]] == [{"expression": "2+2"}]
+    assert len(run_["data"]) == 50
+    assert run_["data"][:4] == ["2+2 ", "= ", "4. ", "w3 "]
+    assert "".join(run_["data"]) == run_["text"]
+
+
+@pytest.mark.asyncio
+async def test_answer_tokens_pads_and_truncates() -> None:
+    padded = await run(Agent(model=OfflineModel(answer_tokens=8), callback_handler=None), "Hello")
+    truncated = await run(Agent(model=OfflineModel(answer_tokens=2), callback_handler=None), "Hello")
+
+    assert padded["data"] == ["Offline ", "model ", "here. ", "You ", "said: ", "Hello ", "w6 ", "w7 "]
+    assert truncated["text"] == "Offline model "
+
+
+@pytest.mark.asyncio
+async def test_plain_prompt_gets_a_deterministic_answer() -> None:
+    run_ = await run(Agent(model=OfflineModel(), callback_handler=None), "Hello")
+
+    assert run_["data"] == ["Offline ", "model ", "here. ", "You ", "said: ", "Hello"]
+    assert run_["tool_uses"] == []
+
+
+@pytest.mark.asyncio
+async def test_pacing_spaces_tokens() -> None:
+    agent = Agent(model=OfflineModel(tokens_per_second=200, answer_tokens=20), callback_handler=None)
+    started = time.monotonic()
+    run_ = await run(agent, "Hello")
+
+    assert len(run_["data"]) == 20
+    assert time.monotonic() - started >= 0.09
+
+
+@pytest.mark.asyncio
+async def test_fail_after_tokens_raises_mid_stream() -> None:
+    agent = Agent(model=OfflineModel(fail_after_tokens=3), callback_handler=None)
+    data = []
+    with pytest.raises(OfflineModelError, match="offline model failure after 3 tokens"):
+        async for event in agent.stream_async("Hello"):
+            if "data" in event:
+                data.append(event["data"])
+
+    assert data == ["Offline ", "model ", "here. "]
+
+
+@pytest.mark.asyncio
+async def test_reasoning_block_precedes_the_answer() -> None:
+    run_ = await run(Agent(model=OfflineModel(reasoning=True), callback_handler=None), "Hello")
+
+    reasoning = "".join(event["reasoningText"] for event in run_["events"] if event.get("reasoning"))
+    assert reasoning.startswith("The user asked: Hello")
+    content = run_["result"].message["content"]
+    assert content[0]["reasoningContent"]["reasoningText"]["text"] == reasoning
+    assert content[1] == {"text": "Offline model here. You said: Hello"}
+
+
+@pytest.mark.asyncio
+async def test_without_calculator_no_tool_is_called() -> None:
+    run_ = await run(Agent(model=OfflineModel(), tools=[], callback_handler=None), "Calculate 2+2")
+
+    assert run_["tool_uses"] == []
+    assert run_["text"] == "No calculator is available, so I cannot compute 2+2."
+
+
+@tool
+async def slow_tool(seconds: float) -> str:
+    """Sleep for a while and say so.
+
+    Args:
+        seconds: How long to sleep.
+    """
+    await asyncio.sleep(seconds)
+    return f"slept {seconds} s"
+
+
+@pytest.mark.asyncio
+async def test_generic_tool_call_with_json_input() -> None:
+    agent = Agent(model=OfflineModel(), tools=[calculator, slow_tool], callback_handler=None)
+    run_ = await run(agent, 'Call slow_tool with {"seconds": 0.01}')
+
+    assert [(use["name"], use["input"]) for use in run_["tool_uses"]] == [("slow_tool", {"seconds": 0.01})]
+    assert run_["text"] == "slow_tool returned: slept 0.01 s"
+
+
+@pytest.mark.asyncio
+async def test_generic_tool_that_is_missing() -> None:
+    run_ = await run(Agent(model=OfflineModel(), tools=[calculator], callback_handler=None), "Use the slow_tool tool")
+
+    assert run_["tool_uses"] == []
+    assert run_["text"] == "I have no tool named slow_tool."
+
+
+@pytest.mark.asyncio
+async def test_raw_events_of_a_tool_call() -> None:
+    messages = [{"role": "user", "content": [{"text": "Calculate 2+2"}]}]
+    events = await collect(OfflineModel(), messages, tool_specs=[CALCULATOR_SPEC])
+
+    assert events[:5] == [
+        {"messageStart": {"role": "assistant"}},
+        {"contentBlockStart": {"start": {"toolUse": {"toolUseId": "tooluse_1_0", "name": "calculator"}}}},
+        {"contentBlockDelta": {"delta": {"toolUse": {"input": '{"expression": "2+2"}'}}}},
+        {"contentBlockStop": {}},
+        {"messageStop": {"stopReason": "tool_use"}},
+    ]
+    assert events[5]["metadata"]["usage"] == {"inputTokens": 2, "outputTokens": 1, "totalTokens": 3}
+    assert isinstance(events[5]["metadata"]["metrics"]["latencyMs"], int)
+
+
+@pytest.mark.asyncio
+async def test_cancel_signal_stops_the_stream() -> None:
+    cancel = threading.Event()
+    model = OfflineModel(tokens_per_second=1000, answer_tokens=1000)
+    events = []
+    async for event in model.stream([{"role": "user", "content": [{"text": "Hi"}]}], cancel_signal=cancel):
+        events.append(event)
+        if len(events) == 5:
+            cancel.set()
+
+    assert len(events) == 5
+    assert not any("messageStop" in event for event in events)
+
+
+def test_config_round_trip() -> None:
+    model = OfflineModel(tokens_per_second=5)
+    model.update_config(answer_tokens=3)
+
+    assert model.get_config() == {
+        "tokens_per_second": 5,
+        "answer_tokens": 3,
+        "fail_after_tokens": None,
+        "reasoning": False,
+        "model_id": "agentapp-offline",
+    }
