@@ -119,3 +119,22 @@ class ToolResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tool_name} {self.status}"
+
+
+class AgentState(models.Model):
+    """A Strands agent's saved state in a conversation (``strands.types.session.SessionAgent`` minus its messages)."""
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="agent_states")
+    agent_id = models.CharField(max_length=128)
+    # SessionAgent.to_dict() without agent_id and timestamps: state, conversation_manager_state, _internal_state.
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["conversation", "agent_id"], name="agentapp_agentstate_conv_agent_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id} in {self.conversation_id}"

@@ -1,0 +1,242 @@
+"""The admin: conversations, runs, messages and tool results as a read-only audit log."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from .models import AgentState, Conversation, Message, Run, ToolResult
+
+### Read-only bases ###
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows may be viewed, never added, changed or deleted: they record what happened."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ReadOnlyInline(admin.TabularInline):
+    """A view-only inline: no add, change or delete."""
+
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return list(self.fields or [])
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+### The transcript ###
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def _result_text(content: Any) -> str:
+    """The text and JSON items of a toolResult's content, one per line."""
+    pieces = []
+    for item in content if isinstance(content, list) else []:
+        if isinstance(item, Mapping) and isinstance(item.get("text"), str):
+            pieces.append(item["text"])
+        else:
+            pieces.append(_json(item.get("json", item) if isinstance(item, Mapping) else item))
+    return "\n".join(pieces)
+
+
+def render_block(block: Any, tool_names: Mapping[str, str]) -> SafeString:
+    """One content block as escaped HTML: text, a tool call and its input, a tool result and its status."""
+    pre = '<pre style="white-space: pre-wrap; margin: 0.25em 0">{}</pre>'
+    if not isinstance(block, Mapping):
+        return format_html(pre, _json(block))
+    if isinstance(block.get("text"), str):
+        return format_html(pre, block["text"])
+    if isinstance(block.get("toolUse"), Mapping):
+        use = block["toolUse"]
+        return format_html(
+            '<div class="agentapp-tool-use">Tool call <strong>{}</strong> <code>{}</code>' + pre + "</div>",
+            use.get("name", ""),
+            use.get("toolUseId", ""),
+            _json(use.get("input", {})),
+        )
+    if isinstance(block.get("toolResult"), Mapping):
+        result = block["toolResult"]
+        tool_use_id = str(result.get("toolUseId", ""))
+        status = str(result.get("status", ""))
+        return format_html(
+            '<div class="agentapp-tool-result">Tool result of <strong>{}</strong> <code>{}</code>: '
+            '<span class="agentapp-status-{}">{}</span>' + pre + "</div>",
+            tool_names.get(tool_use_id, ""),
+            tool_use_id,
+            status,
+            status,
+            _result_text(result.get("content")),
+        )
+    if isinstance(block.get("reasoningContent"), Mapping):
+        text = block["reasoningContent"].get("reasoningText", {}).get("text", "")
+        return format_html('<div class="agentapp-reasoning"><em>Reasoning</em>' + pre + "</div>", text)
+    return format_html(pre, _json(block))
+
+
+def render_transcript(conversation: Conversation) -> SafeString:
+    """Every message of the conversation in order, as an escaped HTML table."""
+    tool_names = dict(
+        ToolResult.objects.filter(conversation=conversation).values_list("tool_use_id", "tool_name").order_by()
+    )
+    rows = Message.objects.filter(conversation=conversation).order_by("position")
+    if not rows:
+        return format_html("<p>{}</p>", "No messages.")
+    body = format_html_join(
+        "",
+        '<tr><td>{}</td><td>{}{}</td><td style="width: 100%">{}</td></tr>',
+        (
+            (
+                row.position,
+                row.role,
+                format_html(' <em class="agentapp-partial">{}</em>', "(partial)") if row.partial else "",
+                format_html_join("", "{}", ((render_block(block, tool_names),) for block in row.content or [])),
+            )
+            for row in rows
+        ),
+    )
+    return format_html(
+        '<table class="agentapp-transcript"><thead><tr><th>#</th><th>Role</th><th>Content</th></tr></thead>'
+        "<tbody>{}</tbody></table>",
+        body,
+    )
+
+
+### Conversations ###
+
+
+class AnonymousFilter(admin.SimpleListFilter):
+    """Conversations opened without an account (bound to a Django session) or owned by a user."""
+
+    title = "anonymous"
+    parameter_name = "anonymous"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Yes"), ("no", "No")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() in ("yes", "no"):
+            return queryset.filter(owner__isnull=self.value() == "yes")
+        return queryset
+
+
+class RunInline(ReadOnlyInline):
+    model = Run
+    fields = ("prompt", "status", "stop_reason", "total_tokens", "latency_ms", "started_at", "finished_at")
+
+
+class MessageInline(ReadOnlyInline):
+    model = Message
+    fields = ("position", "role", "partial", "content", "run", "created_at")
+
+
+class ToolResultInline(ReadOnlyInline):
+    model = ToolResult
+    fields = ("tool_name", "tool_use_id", "status", "tool_input", "content", "duration_ms", "run", "created_at")
+
+
+@admin.register(Conversation)
+class ConversationAdmin(ReadOnlyAdmin):
+    """Conversations with their run count and last activity; the change page shows the transcript."""
+
+    list_display = ("__str__", "owner_name", "run_count", "updated_at", "created_at")
+    list_filter = ("created_at", "updated_at", AnonymousFilter)
+    search_fields = ("title", "owner__username")
+    list_select_related = ("owner",)
+    fields = readonly_fields = ("id", "title", "owner", "session_key", "created_at", "updated_at", "transcript")
+    inlines = (RunInline, MessageInline, ToolResultInline)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).annotate(run_count=Count("runs"))
+
+    @admin.display(description="Owner", ordering="owner__username", empty_value="anonymous")
+    def owner_name(self, obj: Conversation) -> Any:
+        return obj.owner
+
+    @admin.display(description="Runs", ordering="run_count")
+    def run_count(self, obj: Conversation) -> int:
+        return obj.run_count
+
+    @admin.display(description="Transcript")
+    def transcript(self, obj: Conversation) -> SafeString:
+        return render_transcript(obj)
+
+
+### Runs, messages, tool results, agent state ###
+
+
+@admin.register(Run)
+class RunAdmin(ReadOnlyAdmin):
+    """Runs with their outcome, token usage and timing."""
+
+    list_display = (
+        "__str__",
+        "conversation",
+        "status",
+        "stop_reason",
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "latency_ms",
+        "started_at",
+        "finished_at",
+    )
+    list_filter = ("status", "started_at")
+    search_fields = ("prompt",)
+    list_select_related = ("conversation",)
+
+
+@admin.register(Message)
+class MessageAdmin(ReadOnlyAdmin):
+    """Stored Strands messages."""
+
+    list_display = ("__str__", "conversation", "role", "partial", "run", "created_at")
+    list_filter = ("role", "partial")
+    list_select_related = ("conversation", "run")
+
+
+@admin.register(ToolResult)
+class ToolResultAdmin(ReadOnlyAdmin):
+    """Tool results by tool and status, for finding failing tools."""
+
+    list_display = ("tool_name", "status", "conversation", "run", "duration_ms", "created_at")
+    list_filter = ("tool_name", "status")
+    search_fields = ("tool_use_id",)
+    list_select_related = ("conversation", "run")
+
+
+@admin.register(AgentState)
+class AgentStateAdmin(ReadOnlyAdmin):
+    """Agent state saved by the ORM session repository (``agentapp.session``)."""
+
+    list_display = ("agent_id", "conversation", "updated_at")
+    search_fields = ("agent_id",)
+    list_select_related = ("conversation",)
