@@ -209,12 +209,12 @@ class _ToolCall:
     input: dict[str, Any]
 
 
-def _sentence(pieces: list[tuple[str, bool]]) -> str:
+def _sentence(pieces: list[tuple[str, bool]], capitalize: bool = True) -> str:
     """Join answer pieces into one sentence; a piece flagged True continues the previous one with "then"."""
     text = pieces[0][0]
     for piece, continues in pieces[1:]:
         text += (", then " if continues else ", and ") + piece
-    return text[:1].upper() + text[1:] + "."
+    return (text[:1].upper() + text[1:] if capitalize else text) + "."
 
 
 def _calc_answer(plan: _Plan, steps: list[_Step], tool_names: set[str]) -> _ToolCall | str:
@@ -234,8 +234,8 @@ def _calc_answer(plan: _Plan, steps: list[_Step], tool_names: set[str]) -> _Tool
         step = done[index]
         expression = str(step.input.get("expression", expression))
         if step.status != "success":
-            said = step.text.rstrip()
-            return f"I could not compute {expression}. The calculator said: {said}{'' if said.endswith('.') else '.'}"
+            said = step.text.strip().rstrip(".")
+            return f"I could not compute {expression}. The calculator said: {said}."
         previous = _number(step.text)
         results.append((expression, previous))
     answers = iter(results)
@@ -246,7 +246,8 @@ def _calc_answer(plan: _Plan, steps: list[_Step], tool_names: set[str]) -> _Tool
         else:
             expression, value = next(answers)
             pieces.append((f"{expression} = {value}", bool(part.op)))
-    return _sentence(pieces)
+    # An expression such as "sqrt(16)" keeps its case at the start of the answer.
+    return _sentence(pieces, capitalize=isinstance(plan.parts[0], str))
 
 
 def _decide(prompt: str, steps: list[_Step], tool_names: set[str]) -> tuple[_ToolCall | str, int | None]:
@@ -387,7 +388,7 @@ class OfflineModel(Model):
         else:
             pacer = _Pacer(self.config["tokens_per_second"], cancel_signal)
             if self.config["reasoning"]:
-                thought = f"The user asked: {prompt} I have {len(steps)} tool result(s), so I answer now."
+                thought = f'The user asked "{prompt}". I have {len(steps)} tool result(s), so I answer now.'
                 yield {"contentBlockStart": {"start": {}}}
                 for token in _tokens(thought):
                     if not await pacer.wait():

@@ -171,7 +171,7 @@ async def http_get(url: str) -> str:
     """Fetch a web page with GET and return its status and the start of its body; redirects are not followed.
 
     Args:
-        url: An http or https URL whose host the site allows.
+        url: An http or https URL on one of the hosts this site allows.
     """
     return await _fetch(url, app_settings.HTTP_TOOL_ALLOWED_HOSTS)
 

@@ -19,17 +19,18 @@ CALCULATOR_SPEC = {"name": "calculator", "description": "calc", "inputSchema": {
 async def run(agent: Agent, prompt: str) -> dict[str, Any]:
     """Stream one prompt through ``agent`` and sort the events into what the tests look at."""
     events = [event async for event in agent.stream_async(prompt)]
-    messages = [event["message"] for event in events if "message" in event]
+    blocks = [
+        (event["message"]["role"], block)
+        for event in events
+        if "message" in event
+        for block in event["message"]["content"]
+    ]
     result = events[-1]["result"]
     return {
         "events": events,
         "data": [event["data"] for event in events if "data" in event],
-        "tool_uses": [
-            block["toolUse"] for m in messages if m["role"] == "assistant" for block in m["content"] if "toolUse" in block
-        ],
-        "tool_results": [
-            block["toolResult"] for m in messages if m["role"] == "user" for block in m["content"] if "toolResult" in block
-        ],
+        "tool_uses": [block["toolUse"] for role, block in blocks if role == "assistant" and "toolUse" in block],
+        "tool_results": [block["toolResult"] for role, block in blocks if role == "user" and "toolResult" in block],
         "result": result,
         "text": "".join(block["text"] for block in result.message["content"] if "text" in block),
     }
@@ -79,6 +80,25 @@ async def test_seed_prompts(prompt: str, expressions: list[str], results: list[t
     assert [(r["status"], r["content"][0]["text"]) for r in run_["tool_results"]] == results
     assert "".join(run_["data"]) == run_["text"] == answer
     assert run_["result"].stop_reason == "end_turn"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("prompt", "expressions", "answer"),
+    [
+        ("Compute (2+3)*4, then divide by 5", ["(2+3)*4", "20 / 5"], "(2+3)*4 = 20, then 20 / 5 = 4."),
+        ("What is 10 minus 3 and then subtract 2", ["10 - 3", "7 - 2"], "10 - 3 = 7, then 7 - 2 = 5."),
+        ("What is -5 times 3, then multiply by 2", ["-5 * 3", "(-15) * 2"], "-5 * 3 = -15, then (-15) * 2 = -30."),
+        ("square root of 16 then add 1", ["sqrt(16)", "4 + 1"], "sqrt(16) = 4, then 4 + 1 = 5."),
+        ("calculate 2+2 and 3+3", ["2+2", "3+3"], "2+2 = 4, and 3+3 = 6."),
+        ("What is the capital of Germany?", [], "The capital of Germany is Berlin."),
+    ],
+)
+async def test_more_phrasings(prompt: str, expressions: list[str], answer: str) -> None:
+    run_ = await run(Agent(model=OfflineModel(), tools=[calculator], callback_handler=None), prompt)
+
+    assert [use["input"]["expression"] for use in run_["tool_uses"]] == expressions
+    assert run_["text"] == answer
 
 
 @pytest.mark.asyncio
@@ -156,7 +176,7 @@ async def test_reasoning_block_precedes_the_answer() -> None:
     run_ = await run(Agent(model=OfflineModel(reasoning=True), callback_handler=None), "Hello")
 
     reasoning = "".join(event["reasoningText"] for event in run_["events"] if event.get("reasoning"))
-    assert reasoning.startswith("The user asked: Hello")
+    assert reasoning == 'The user asked "Hello". I have 0 tool result(s), so I answer now.'
     content = run_["result"].message["content"]
     assert content[0]["reasoningContent"]["reasoningText"]["text"] == reasoning
     assert content[1] == {"text": "Offline model here. You said: Hello"}

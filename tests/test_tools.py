@@ -147,7 +147,7 @@ async def test_http_get_refuses_before_any_network(monkeypatch: pytest.MonkeyPat
         raise AssertionError("no HTTP client may be created for a refused URL")
 
     monkeypatch.setattr(tools.httpx, "AsyncClient", no_client)
-    with pytest.raises(PermissionError, match="'example.com' is not in"):
+    with pytest.raises(PermissionError, match=r"'example\.com' is not in"):
         await http_get("http://example.com/")
 
 
