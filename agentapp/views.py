@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 from django.contrib.auth.views import redirect_to_login
-from django.http import HttpRequest, HttpResponse
+from django.db.models import Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from .access import is_authenticated, may_open
 from .conf import app_settings
+from .models import Conversation
+
+# Where agentapp.routing serves the WebSocket; a project mounting it elsewhere overrides the template.
+WEBSOCKET_PATH = "/ws/agent/"
+# How many conversations the page lists.
+CONVERSATION_LIST_LIMIT = 50
+
+
+def visible_conversations(user: Any, session_key: str | None) -> QuerySet[Conversation]:
+    """The conversations this user (or anonymous session) owns, newest first."""
+    if is_authenticated(user):
+        return Conversation.objects.filter(owner=user)
+    if not session_key:
+        return Conversation.objects.none()
+    return Conversation.objects.filter(owner__isnull=True, session_key=session_key)
+
+
+def requested_conversation(value: str, user: Any, session_key: str | None) -> Conversation:
+    """The conversation named by the ``c`` query parameter, or 404 when it is malformed, missing or not theirs."""
+    try:
+        conversation = Conversation.objects.get(pk=uuid.UUID(value))
+    except (ValueError, Conversation.DoesNotExist):
+        raise Http404("No such conversation.") from None
+    if not may_open(conversation, user, session_key):
+        raise Http404("No such conversation.")
+    return conversation
 
 
 def chat(request: HttpRequest) -> HttpResponse:
@@ -16,4 +47,20 @@ def chat(request: HttpRequest) -> HttpResponse:
             return redirect_to_login(request.get_full_path())
         if not request.session.session_key:
             request.session.save()
-    return render(request, "agentapp/chat.html", {"allow_anonymous": app_settings.ALLOW_ANONYMOUS})
+    session_key = None if request.user.is_authenticated else request.session.session_key
+    current = None
+    if "c" in request.GET:
+        current = requested_conversation(request.GET["c"], request.user, session_key)
+    # Conversations are created on connect; list only those with a prompt (a title), plus the open one.
+    shown = ~Q(title="")
+    if current is not None:
+        shown |= Q(pk=current.pk)
+    listed = visible_conversations(request.user, session_key).filter(shown)
+    context = {
+        "allow_anonymous": app_settings.ALLOW_ANONYMOUS,
+        "conversations": listed.order_by("-updated_at")[:CONVERSATION_LIST_LIMIT],
+        "current": current,
+        "websocket_path": WEBSOCKET_PATH,
+        "login_url": redirect_to_login(request.get_full_path()).url,
+    }
+    return render(request, "agentapp/chat.html", context)

@@ -1,0 +1,431 @@
+/**
+ * chat.js: the chat page. It renders the conversation frame's history, then live frames from this
+ * connection and, through the conversation group, from every other connection to the same conversation.
+ *
+ * Model and tool output is only ever inserted as text (textContent / text nodes), never parsed as HTML.
+ */
+import { AgentSocket, websocketUrl } from "./agentapp.js";
+
+const root = document.getElementById("agentapp");
+const transcript = document.getElementById("transcript");
+const form = document.getElementById("prompt-form");
+const promptInput = document.getElementById("prompt");
+const sendButton = document.getElementById("send");
+const stopButton = document.getElementById("stop");
+const connection = document.getElementById("connection");
+const titleElement = document.getElementById("conversation-title");
+const conversationList = document.getElementById("conversations");
+
+const websocketPath = root.dataset.websocketPath || "/ws/agent/";
+const UNTITLED = "New conversation";
+const TITLE_CHARS = 80; // the server titles a conversation with the first 80 characters of its first prompt
+
+let conversationId = root.dataset.conversationId || null;
+let conversationTitle = "";
+let ready = false; // the conversation frame arrived on the current connection
+let pendingPrompt = false; // a prompt was sent and neither run_started nor an error came back yet
+let stopping = false;
+const runs = new Map(); // run_id -> RunView
+const activeRuns = new Set(); // run_ids started and not finished, from any connection
+
+// ---- DOM helpers ----
+
+/** A new element with an optional class and text content (set as text, never as HTML). */
+function node(tag, className, text) {
+  const element = document.createElement(tag);
+  if (className) element.className = className;
+  if (text !== undefined) element.textContent = text;
+  return element;
+}
+
+/** The readable text of content items: text as is, anything else as JSON. */
+function contentText(content) {
+  return (Array.isArray(content) ? content : [])
+    .map((item) => {
+      if (item && typeof item.text === "string") return item.text;
+      if (item && "json" in item) return JSON.stringify(item.json);
+      return JSON.stringify(item);
+    })
+    .join("\n");
+}
+
+/** Mark a text block as cut short by a cancel, a failure or a lost connection. */
+function markPartial(element) {
+  if (element.classList.contains("partial")) return;
+  element.classList.add("partial");
+  element.append(node("span", "partial-note", "stopped"));
+}
+
+/** A tool input for display: streamed inputs are partial JSON strings, finished ones are objects. */
+function inputText(input) {
+  return typeof input === "string" ? input : JSON.stringify(input);
+}
+
+// ---- One run: prompt, streamed text, tool cards, status ----
+
+class RunView {
+  constructor(runId) {
+    this.runId = runId;
+    this.seen = new Set(); // seqs already applied, so a frame arriving twice is shown once
+    this.tools = new Map(); // toolUseId -> card parts
+    this.segment = null; // the text node live text is appended to
+    this.lastText = null; // the element of the latest text block
+    this.streamedSinceMessage = false;
+    this.finished = false;
+    this.element = node("section", "run");
+    this.element.dataset.runId = runId;
+    this.promptElement = node("div", "message user");
+    this.promptElement.hidden = true;
+    this.body = node("div", "run-body");
+    this.statusElement = node("span", "run-status");
+    this.usageElement = node("span", "run-usage");
+    const footer = node("div", "run-footer");
+    footer.append(this.statusElement, this.usageElement);
+    this.element.append(this.promptElement, this.body, footer);
+  }
+
+  /** Whether a frame (or a merged range seq_first..seq) is new; marks it seen. */
+  fresh(frame) {
+    if (typeof frame.seq !== "number") return true;
+    const first = typeof frame.seq_first === "number" ? frame.seq_first : frame.seq;
+    let unseen = false;
+    for (let seq = first; seq <= frame.seq; seq += 1) {
+      if (!this.seen.has(seq)) {
+        unseen = true;
+        this.seen.add(seq);
+      }
+    }
+    return unseen;
+  }
+
+  setPrompt(text) {
+    if (this.promptElement.hidden) {
+      this.promptElement.textContent = text;
+      this.promptElement.hidden = false;
+    }
+  }
+
+  appendText(text) {
+    if (this.segment === null) {
+      this.lastText = node("div", "message assistant");
+      this.segment = document.createTextNode("");
+      this.lastText.append(this.segment);
+      this.body.append(this.lastText);
+    }
+    this.segment.appendData(text);
+  }
+
+  /** Close the text block being streamed; the next text starts a new one (after a tool card, say). */
+  endSegment(partial = false) {
+    if (this.segment !== null && partial) markPartial(this.segment.parentNode);
+    this.segment = null;
+  }
+
+  /** The run ended without completing: text it ended on was cut short (as the server saved it). */
+  cutShort() {
+    if (this.lastText !== null && this.body.lastElementChild === this.lastText) markPartial(this.lastText);
+    this.segment = null;
+  }
+
+  appendReasoning(text) {
+    let reasoning = this.body.lastElementChild;
+    if (!reasoning || !reasoning.classList.contains("reasoning")) {
+      this.endSegment();
+      reasoning = node("details", "reasoning");
+      reasoning.append(node("summary", null, "Reasoning"), node("div", "reasoning-text"));
+      this.body.append(reasoning);
+    }
+    reasoning.lastElementChild.append(document.createTextNode(text));
+  }
+
+  /** The card of a tool call, created on first sight and updated as the input arrives. */
+  toolUse({ toolUseId, name, input }) {
+    let card = this.tools.get(toolUseId);
+    if (!card) {
+      this.endSegment();
+      card = {
+        element: node("div", "tool-card running"),
+        name: node("span", "tool-name"),
+        status: node("span", "tool-status", "running"),
+        input: node("pre", "tool-input"),
+        result: node("pre", "tool-result"),
+      };
+      card.element.dataset.toolUseId = toolUseId;
+      card.result.hidden = true;
+      const head = node("div", "tool-head");
+      head.append(card.name, card.status);
+      card.element.append(head, card.input, card.result);
+      this.body.append(card.element);
+      this.tools.set(toolUseId, card);
+    }
+    if (name) card.name.textContent = name;
+    if (input !== undefined && input !== "") card.input.textContent = inputText(input);
+    return card;
+  }
+
+  toolResult({ toolUseId, name, status, content }) {
+    const card = this.toolUse({ toolUseId, name });
+    const failed = status === "error";
+    card.element.classList.remove("running", "success", "error");
+    card.element.classList.add(failed ? "error" : "success");
+    card.status.textContent = failed ? "error" : status || "success";
+    card.result.textContent = contentText(content);
+    card.result.hidden = false;
+  }
+
+  /** A complete assistant message: fill in what was not streamed to us and any tool calls it makes. */
+  assistantMessage(message, partial = false) {
+    const text = (message.content || [])
+      .filter((block) => block && typeof block.text === "string")
+      .map((block) => block.text)
+      .join("");
+    if (text && !this.streamedSinceMessage) this.appendText(text);
+    for (const block of message.content || []) {
+      if (block && block.toolUse) this.toolUse(block.toolUse);
+    }
+    this.streamedSinceMessage = false;
+    this.endSegment(partial);
+  }
+
+  note(text, className = "run-note") {
+    this.endSegment();
+    this.body.append(node("div", className, text));
+  }
+
+  setStatus(status) {
+    this.statusElement.textContent = status;
+    this.element.dataset.status = status;
+  }
+
+  setUsage(usage) {
+    if (usage && typeof usage.totalTokens === "number") this.usageElement.textContent = `${usage.totalTokens} tokens`;
+  }
+}
+
+function runFor(runId) {
+  let run = runs.get(runId);
+  if (!run) {
+    run = new RunView(runId);
+    runs.set(runId, run);
+    transcript.append(run.element);
+  }
+  return run;
+}
+
+// ---- History (the conversation frame) ----
+
+function renderHistoryMessage(message) {
+  const run = runFor(message.run_id || "without-run");
+  const content = Array.isArray(message.content) ? message.content : [];
+  if (message.role === "user") {
+    const text = content.filter((block) => typeof block?.text === "string").map((block) => block.text);
+    if (text.length) run.setPrompt(text.join("\n"));
+    for (const block of content) {
+      if (block?.toolResult) run.toolResult(block.toolResult);
+    }
+    return;
+  }
+  for (const block of content) {
+    if (typeof block?.text === "string") run.appendText(block.text);
+    else if (block?.toolUse) run.toolUse(block.toolUse);
+    else if (typeof block?.reasoningContent?.reasoningText?.text === "string") {
+      run.appendReasoning(block.reasoningContent.reasoningText.text);
+    }
+  }
+  run.endSegment(Boolean(message.partial));
+}
+
+function onConversation(frame) {
+  conversationId = frame.conversation_id;
+  ready = true;
+  pendingPrompt = false;
+  stopping = false;
+  runs.clear();
+  activeRuns.clear();
+  transcript.replaceChildren();
+  setTitle(frame.title || "");
+  for (const message of frame.messages || []) renderHistoryMessage(message);
+  transcript.scrollTop = transcript.scrollHeight;
+
+  const url = new URL(window.location.href);
+  if (url.searchParams.get("c") !== conversationId) {
+    url.searchParams.set("c", conversationId);
+    window.history.replaceState(null, "", url);
+  }
+  socket.retarget(websocketUrl(`${websocketPath}${conversationId}/`));
+  markCurrentInList();
+}
+
+// ---- Sidebar and title ----
+
+function setTitle(title) {
+  conversationTitle = title;
+  titleElement.textContent = title || UNTITLED;
+  document.title = title ? `${title} · agentapp` : "agentapp";
+  const link = listLink(conversationId);
+  if (link) link.textContent = title || UNTITLED;
+}
+
+function listLink(id) {
+  if (!id) return null;
+  return [...conversationList.querySelectorAll("a[data-conversation-id]")].find(
+    (link) => link.dataset.conversationId === id,
+  );
+}
+
+function markCurrentInList() {
+  let link = listLink(conversationId);
+  if (!link) {
+    link = node("a", null, conversationTitle || UNTITLED);
+    link.href = `?c=${encodeURIComponent(conversationId)}`;
+    link.dataset.conversationId = conversationId;
+    const item = node("li");
+    item.append(link);
+    conversationList.prepend(item);
+  }
+  for (const other of conversationList.querySelectorAll("a[aria-current]")) other.removeAttribute("aria-current");
+  link.setAttribute("aria-current", "page");
+}
+
+// ---- Live frames ----
+
+function showError(frame) {
+  stopping = false;
+  pendingPrompt = false;
+  const notice = node("div", "notice error", `Error: ${frame.message || "unknown error"} (${frame.code || "error"})`);
+  if (frame.code === "login_required" && root.dataset.loginUrl) {
+    const link = node("a", null, "Log in");
+    link.href = root.dataset.loginUrl;
+    notice.append(" ", link);
+  }
+  transcript.append(notice);
+}
+
+function onRunFrame(frame) {
+  const run = runFor(frame.run_id);
+  if (!run.fresh(frame)) return;
+  if (frame.type !== "run_finished" && !run.finished && !activeRuns.has(run.runId)) {
+    activeRuns.add(run.runId);
+    run.setStatus("running");
+  }
+  switch (frame.type) {
+    case "run_started":
+      pendingPrompt = false;
+      run.setPrompt(frame.prompt);
+      if (!conversationTitle) setTitle(String(frame.prompt).slice(0, TITLE_CHARS));
+      break;
+    case "data":
+      run.streamedSinceMessage = true;
+      run.appendText(frame.data);
+      break;
+    case "reasoning":
+      run.appendReasoning(frame.reasoningText);
+      break;
+    case "current_tool_use":
+      run.toolUse(frame.current_tool_use);
+      break;
+    case "message":
+      if (frame.message?.role === "assistant") run.assistantMessage(frame.message);
+      break;
+    case "tool_result":
+      run.toolResult(frame.tool_result);
+      break;
+    case "result":
+      run.setUsage(frame.result?.usage);
+      break;
+    case "force_stop":
+      run.note(`Stopped: ${frame.force_stop_reason || "the agent loop was stopped"}`);
+      break;
+    case "event_loop_throttled_delay":
+      run.note(`The model is throttling requests; retrying in ${frame.event_loop_throttled_delay} s.`);
+      break;
+    case "error":
+      run.note(`Error: ${frame.message} (${frame.code})`, "run-error error");
+      break;
+    case "run_finished":
+      if (frame.status === "completed") run.endSegment();
+      else run.cutShort();
+      run.finished = true;
+      run.setStatus(frame.status);
+      activeRuns.delete(run.runId);
+      if (activeRuns.size === 0) stopping = false;
+      break;
+    default:
+      break; // lifecycle frames (init_event_loop, start, ...) change nothing on the page
+  }
+}
+
+function onFrame(frame) {
+  const pinned = transcript.scrollHeight - transcript.scrollTop - transcript.clientHeight < 48;
+  if (frame.type === "conversation") {
+    onConversation(frame);
+  } else if (frame.conversation_id && conversationId && frame.conversation_id !== conversationId) {
+    return; // not this conversation's frame
+  } else if (typeof frame.run_id === "string") {
+    onRunFrame(frame);
+  } else if (frame.type === "error") {
+    showError(frame);
+  }
+  if (pinned) transcript.scrollTop = transcript.scrollHeight;
+  updateControls();
+}
+
+// ---- Connection and controls ----
+
+const socket = new AgentSocket();
+
+function onState(state, detail) {
+  connection.dataset.state = state;
+  const labels = {
+    connecting: "connecting",
+    open: "connected",
+    waiting: `reconnecting in ${Math.ceil((detail.delay || 0) / 1000)} s`,
+    refused: "disconnected",
+    closed: "closed",
+  };
+  connection.textContent = labels[state] || state;
+  if (state !== "open") {
+    // Until the next conversation frame we know nothing: a dropped connection's own run is stopped by the server.
+    ready = false;
+    pendingPrompt = false;
+    stopping = false;
+    for (const runId of activeRuns) runs.get(runId)?.setStatus("connection lost");
+    activeRuns.clear();
+  }
+  updateControls();
+}
+
+function updateControls() {
+  const usable = ready && socket.isOpen;
+  sendButton.disabled = !usable || pendingPrompt || activeRuns.size > 0;
+  stopButton.disabled = !usable || stopping || activeRuns.size === 0;
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const prompt = promptInput.value;
+  if (!prompt.trim() || sendButton.disabled) return;
+  if (socket.sendPrompt(prompt)) {
+    promptInput.value = "";
+    pendingPrompt = true;
+    updateControls();
+  }
+});
+
+promptInput.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    form.requestSubmit();
+  }
+});
+
+stopButton.addEventListener("click", () => {
+  if (socket.cancel()) {
+    stopping = true;
+    updateControls();
+  }
+});
+
+socket.onFrame(onFrame);
+socket.onState(onState);
+socket.connect(websocketUrl(conversationId ? `${websocketPath}${conversationId}/` : websocketPath));

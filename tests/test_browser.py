@@ -1,0 +1,326 @@
+"""The chat page in a real browser (Debian's chromium through Playwright) against a real daphne server.
+
+The server runs the offline model paced at ``TOKENS_PER_SECOND`` so a run is still streaming when the
+test presses Stop. Every wait is a Playwright expectation with a timeout, never a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, WebSocketRoute, expect, sync_playwright
+
+from tests.livedaphne import ROOT, LiveDaphne, live_daphne
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("AGENTAPP_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TOKENS_PER_SECOND = 20
+RUN_TIMEOUT_MS = 15_000
+VIEWPORT = {"width": 1100, "height": 680}
+SCREENSHOT = ROOT / "artifacts" / "chat.png"
+DOCS_SCREENSHOT = ROOT / "docs" / "chat.png"
+XSS_PROMPT = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+
+
+### Fixtures ###
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaphne]:
+    """The example site served by daphne in demo mode (anonymous chat), with its own database."""
+    env = {"AGENTAPP_OFFLINE_TPS": str(TOKENS_PER_SECOND), "AGENTAPP_DEMO": "1"}
+    with live_daphne(tmp_path_factory.mktemp("live"), env) as live:
+        yield live
+    failures = [line for line in live.output().splitlines() if "Traceback" in line or " ERROR " in line]
+    assert failures == [], live.output()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless chromium from the system package; Playwright never downloads a browser here."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (or set AGENTAPP_CHROMIUM)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+class Tab:
+    """A page of the chat site and the uncaught script errors it raised."""
+
+    def __init__(self, context: BrowserContext) -> None:
+        self.context = context
+        self.page: Page = context.new_page()
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    def open(self, url: str) -> Tab:
+        """Load the page and wait until its socket has delivered the conversation frame."""
+        self.page.goto(url)
+        expect(self.page.locator("#connection")).to_have_attribute("data-state", "open")
+        expect(self.page.locator("#send")).to_be_enabled()
+        return self
+
+    def ask(self, prompt: str) -> None:
+        """Type a prompt and send it."""
+        self.page.locator("#prompt").fill(prompt)
+        self.page.locator("#send").click()
+
+    def last_run(self) -> Locator:
+        """The newest run in the transcript."""
+        return self.page.locator("#transcript .run").last
+
+
+class Relay:
+    """Routes a page's agent sockets through the test: forwards every frame, optionally sending run frames twice.
+
+    With ``duplicate`` on, each run frame is sent again, and each ``data`` frame is followed by a merged copy of
+    it and the previous one (``seq_first``..``seq``), as group broadcasts carry them: the page must show each once.
+    """
+
+    def __init__(self, page: Page, duplicate: bool = False) -> None:
+        self.duplicate = duplicate
+        self.urls: list[str] = []
+        self.pages: list[WebSocketRoute] = []
+        self.servers: list[WebSocketRoute] = []
+        page.route_web_socket(re.compile(r"/ws/agent/"), self.route)
+
+    def route(self, page_side: WebSocketRoute) -> None:
+        self.urls.append(page_side.url)
+        self.pages.append(page_side)
+        server_side = page_side.connect_to_server()  # page -> server frames still flow on their own
+        self.servers.append(server_side)
+        last_data: dict[str, dict] = {}
+
+        def from_server(message: str | bytes) -> None:
+            page_side.send(message)
+            frame = json.loads(message)
+            if not self.duplicate or "run_id" not in frame:
+                return
+            page_side.send(message)
+            if frame["type"] == "data":
+                previous = last_data.get(frame["run_id"])
+                if previous is not None:
+                    merged = {**frame, "seq_first": previous["seq"], "data": previous["data"] + frame["data"]}
+                    page_side.send(json.dumps(merged))
+                last_data[frame["run_id"]] = frame
+
+        server_side.on_message(from_server)
+
+
+@pytest.fixture
+def new_tab(browser: Browser) -> Iterator:
+    """Make tabs in fresh browser contexts (a context is a separate cookie jar: a new anonymous session)."""
+    contexts: list[BrowserContext] = []
+    tabs: list[Tab] = []
+
+    def make(cookies_from: Tab | None = None) -> Tab:
+        context = browser.new_context(viewport=VIEWPORT)
+        if cookies_from is not None:
+            context.add_cookies(cookies_from.context.cookies())
+        contexts.append(context)
+        tabs.append(Tab(context))
+        return tabs[-1]
+
+    yield make
+    for context in contexts:
+        context.close()
+    assert [error for tab in tabs for error in tab.errors] == []
+
+
+### Tests ###
+
+
+def test_calculator_run_streams_text_and_a_tool_card(server: LiveDaphne, new_tab) -> None:
+    tab = new_tab().open(server.url)
+    expect(tab.page).to_have_url(re.compile(r"\?c=[0-9a-f-]{36}$"))
+    tab.ask("Calculate 2+2")
+
+    run = tab.last_run()
+    expect(run.locator(".message.user")).to_have_text("Calculate 2+2")
+    card = run.locator(".tool-card")
+    expect(card.locator(".tool-name")).to_have_text("calculator")
+    expect(card.locator(".tool-input")).to_contain_text('"expression":"2+2"')
+    expect(card.locator(".tool-status")).to_have_text("success", timeout=RUN_TIMEOUT_MS)
+    expect(card.locator(".tool-result")).to_have_text("4")
+    expect(card).to_have_class(re.compile(r"\bsuccess\b"))
+    expect(run.locator(".message.assistant")).to_have_text("2+2 = 4.", timeout=RUN_TIMEOUT_MS)
+    expect(run.locator(".run-status")).to_have_text("completed", timeout=RUN_TIMEOUT_MS)
+    expect(tab.page.locator("#conversation-title")).to_have_text("Calculate 2+2")
+    expect(tab.page.locator("#conversations a[aria-current=page]")).to_have_text("Calculate 2+2")
+    expect(tab.page.locator("#send")).to_be_enabled()
+    expect(tab.page.locator("#stop")).to_be_disabled()
+
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    tab.page.screenshot(path=str(SCREENSHOT))
+    shutil.copyfile(SCREENSHOT, DOCS_SCREENSHOT)
+
+    # The same conversation reopened from its link: the stored history renders the same card and answer.
+    tab.page.reload()
+    expect(tab.page.locator("#connection")).to_have_attribute("data-state", "open")
+    history = tab.last_run()
+    expect(history.locator(".message.user")).to_have_text("Calculate 2+2")
+    expect(history.locator(".tool-card .tool-result")).to_have_text("4")
+    expect(history.locator(".tool-card .tool-status")).to_have_text("success")
+    expect(history.locator(".message.assistant")).to_have_text("2+2 = 4.")
+
+
+def test_failing_tool_call_shows_an_error_card(server: LiveDaphne, new_tab) -> None:
+    tab = new_tab().open(server.url)
+    tab.ask("Calculate the square root of -1")
+
+    run = tab.last_run()
+    card = run.locator(".tool-card")
+    expect(card.locator(".tool-status")).to_have_text("error", timeout=RUN_TIMEOUT_MS)
+    expect(card).to_have_class(re.compile(r"\berror\b"))
+    expect(card.locator(".tool-result")).to_contain_text("math domain error")
+    expect(run.locator(".message.assistant")).to_contain_text("I could not compute sqrt(-1)", timeout=RUN_TIMEOUT_MS)
+    expect(run.locator(".run-status")).to_have_text("completed", timeout=RUN_TIMEOUT_MS)
+
+
+def test_stop_cancels_the_run_and_keeps_the_partial_text(server: LiveDaphne, new_tab) -> None:
+    tab = new_tab().open(server.url)
+    tab.ask("Stream 400 tokens")
+
+    run = tab.last_run()
+    expect(run.locator(".run-status")).to_have_text("running")
+    expect(run.locator(".message.assistant")).to_contain_text("w5 ", timeout=RUN_TIMEOUT_MS)
+    expect(tab.page.locator("#send")).to_be_disabled()
+    tab.page.locator("#stop").click()
+
+    expect(run.locator(".run-status")).to_have_text("cancelled", timeout=RUN_TIMEOUT_MS)
+    answer = run.locator(".message.assistant")
+    expect(answer).to_contain_text("w0 w1 w2 w3 w4 w5 ")
+    expect(answer).not_to_contain_text("w399")
+    expect(answer).to_have_class(re.compile(r"\bpartial\b"))
+    expect(tab.page.locator("#stop")).to_be_disabled()
+    expect(tab.page.locator("#send")).to_be_enabled()
+
+    # The partial text was saved: reopening the conversation shows it, marked as cut short.
+    tab.page.reload()
+    saved = tab.last_run().locator(".message.assistant.partial")
+    expect(saved).to_contain_text("w0 w1 w2 w3 w4 w5 ")
+    expect(saved.locator(".partial-note")).to_have_text("stopped")
+
+
+def test_second_browser_sees_the_run_live_and_can_stop_it(server: LiveDaphne, new_tab) -> None:
+    watcher = new_tab().open(server.url)
+    expect(watcher.page).to_have_url(re.compile(r"\?c=[0-9a-f-]{36}$"))
+    asker = new_tab(cookies_from=watcher).open(watcher.page.url)  # the same anonymous session, another browser
+
+    prompt = "Calculate 15 * 23 and then add 100"
+    asker.ask(prompt)
+    for tab in (asker, watcher):
+        run = tab.last_run()
+        expect(run.locator(".message.user")).to_have_text(prompt, timeout=RUN_TIMEOUT_MS)
+        expect(run.locator(".tool-card .tool-result")).to_have_text(["345", "445"], timeout=RUN_TIMEOUT_MS)
+        # Exact text: the watcher's merged group frames must neither drop nor repeat a delta.
+        expect(run.locator(".message.assistant")).to_have_text(
+            "15 * 23 = 345, then 345 + 100 = 445.", timeout=RUN_TIMEOUT_MS
+        )
+        expect(run.locator(".run-status")).to_have_text("completed", timeout=RUN_TIMEOUT_MS)
+    expect(watcher.page.locator("#conversation-title")).to_have_text(prompt)
+
+    # A run started in one browser is stopped from the other.
+    asker.ask("Stream 400 tokens")
+    watched = watcher.last_run()
+    expect(watched.locator(".message.assistant")).to_contain_text("w5 ", timeout=RUN_TIMEOUT_MS)
+    watcher.page.locator("#stop").click()
+    for tab in (asker, watcher):
+        expect(tab.last_run().locator(".run-status")).to_have_text("cancelled", timeout=RUN_TIMEOUT_MS)
+        expect(tab.last_run().locator(".message.assistant")).not_to_contain_text("w399")
+        expect(tab.page.locator("#send")).to_be_enabled()
+
+
+def test_model_output_is_rendered_as_text(server: LiveDaphne, new_tab) -> None:
+    tab = new_tab().open(server.url)
+    tab.ask(XSS_PROMPT)
+
+    run = tab.last_run()
+    expect(run.locator(".message.user")).to_have_text(XSS_PROMPT)
+    expect(run.locator(".message.assistant")).to_have_text(
+        f"Offline model here. You said: {XSS_PROMPT}", timeout=RUN_TIMEOUT_MS
+    )
+    expect(run.locator(".run-status")).to_have_text("completed", timeout=RUN_TIMEOUT_MS)
+    assert tab.page.locator("#agentapp img, #agentapp script").count() == 0
+    assert tab.page.evaluate("window.__xss") is None
+
+    # Reloaded: the server-rendered title and the history frame are text too.
+    tab.page.reload()
+    expect(tab.page.locator("#connection")).to_have_attribute("data-state", "open")
+    expect(tab.page.locator("#conversations a[aria-current=page]")).to_have_text(XSS_PROMPT)
+    expect(tab.last_run().locator(".message.assistant")).to_have_text(f"Offline model here. You said: {XSS_PROMPT}")
+    assert tab.page.locator("#agentapp img, #agentapp script").count() == 0
+    assert tab.page.evaluate("window.__xss") is None
+
+
+def test_repeated_and_merged_frames_are_shown_once(server: LiveDaphne, new_tab) -> None:
+    tab = new_tab()
+    Relay(tab.page, duplicate=True)
+    tab.open(server.url)
+    tab.ask("Calculate 15 * 23 and then add 100")
+
+    run = tab.last_run()
+    expect(run.locator(".run-status")).to_have_text("completed", timeout=RUN_TIMEOUT_MS)
+    expect(run.locator(".message.user")).to_have_text("Calculate 15 * 23 and then add 100")
+    expect(run.locator(".tool-card .tool-result")).to_have_text(["345", "445"])
+    expect(run.locator(".message.assistant")).to_have_text("15 * 23 = 345, then 345 + 100 = 445.")
+    expect(tab.page.locator("#transcript .run")).to_have_count(1)
+
+
+def test_dropped_socket_reconnects_to_the_same_conversation(server: LiveDaphne, new_tab) -> None:
+    tab = new_tab()
+    relay = Relay(tab.page)
+    tab.open(server.url)
+    tab.ask("Calculate 2+2")
+    expect(tab.last_run().locator(".run-status")).to_have_text("completed", timeout=RUN_TIMEOUT_MS)
+    conversation_id = tab.page.url.rsplit("?c=", 1)[1]
+
+    relay.pages[-1].close(code=1012, reason="service restart")
+    relay.servers[-1].close()
+    # Back online, the page re-renders the stored history: a run from history has no live status.
+    expect(tab.last_run().locator(".run-status")).to_be_empty(timeout=RUN_TIMEOUT_MS)
+    expect(tab.page.locator("#connection")).to_have_attribute("data-state", "open")
+    assert [url.split("/ws/agent/", 1)[1] for url in relay.urls] == ["", f"{conversation_id}/"]
+    expect(tab.last_run().locator(".message.assistant")).to_have_text("2+2 = 4.")
+
+    # A real error frame from the server is shown: a cancel with no run in progress.
+    relay.servers[-1].send(json.dumps({"type": "cancel"}))
+    expect(tab.page.locator("#transcript .notice.error")).to_have_text(
+        "Error: There is no run to cancel. (no_active_run)"
+    )
+
+    tab.ask("Calculate 3+4")
+    expect(tab.last_run().locator(".message.assistant")).to_have_text("3+4 = 7.", timeout=RUN_TIMEOUT_MS)
+    expect(tab.page.locator("#transcript .run")).to_have_count(2)
+
+
+def test_conversation_links_open_only_for_their_owner(server: LiveDaphne, new_tab) -> None:
+    owner = new_tab().open(server.url)
+    owner.ask("Calculate 2+2")
+    expect(owner.last_run().locator(".run-status")).to_have_text("completed", timeout=RUN_TIMEOUT_MS)
+    stranger = new_tab()  # another anonymous session
+    response = stranger.page.goto(owner.page.url)
+    assert response is not None and response.status == 404
+    response = stranger.page.goto(f"{server.url}/?c=not-a-uuid")
+    assert response is not None and response.status == 404
+    stranger.open(server.url)
+    # Its list holds only the conversation it just opened, not the owner's titled one.
+    expect(stranger.page.locator("#conversations a")).to_have_text(["New conversation"])
