@@ -15,7 +15,7 @@ from .agents import build_agent
 from .broadcast import CANCEL_MESSAGE_TYPE, GroupBroadcaster, group_name
 from .conf import app_settings
 from .history import load_messages, public_history
-from .recorder import ConversationBusy
+from .recorder import ConversationBusy, run_in_progress
 from .runner import AgentRun
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
     agent: Any = None
     active_run: AgentRun | None = None
     run_task: asyncio.Task[None] | None = None
+    # True from an accepted prompt until its run_finished is sent; the task lives on while the broadcast flushes.
+    running: bool = False
+    # A cancel (or disconnect) that came while the run was still starting, applied as soon as it exists.
+    cancel_requested: bool = False
 
     ### Connection ###
 
@@ -69,6 +73,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         """Stop this connection's run (its stream is closed and the run saved), then leave the group."""
+        self.cancel_requested = True
         if self.active_run is not None:
             self.active_run.cancel()
         if self.run_task is not None:
@@ -96,23 +101,31 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def start_run(self, prompt: str) -> None:
         """Start a run in a task, so this consumer keeps reading frames (a cancel) while it streams."""
-        if self.run_task is not None and not self.run_task.done():
+        if self.running:
             await self.send_error(protocol.ERR_BUSY, "A run is already in progress on this connection.")
             return
-        self.run_task = asyncio.create_task(self._run(prompt), name=f"agentapp-run-{self.conversation_id}")
+        self.running = True
+        self.cancel_requested = False
+        self.run_task = asyncio.create_task(
+            self._run(prompt, self.run_task), name=f"agentapp-run-{self.conversation_id}"
+        )
 
     async def request_cancel(self) -> None:
         """Cancel the conversation's active run, here or on any other connection to it."""
         if self.active_run is not None:
             self.active_run.cancel()
-        elif self.channel_layer is not None:
+        elif self.running:
+            self.cancel_requested = True
+        elif self.channel_layer is not None and await database_sync_to_async(run_in_progress)(self.conversation_id):
             await self.channel_layer.group_send(self.group, {"type": CANCEL_MESSAGE_TYPE})
         else:
             await self.send_error(protocol.ERR_NO_ACTIVE_RUN, "There is no run to cancel.")
 
     ### The run ###
 
-    async def _run(self, prompt: str) -> None:
+    async def _run(self, prompt: str, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # the last run may still be flushing its group broadcast
         user_id = self.user.pk if is_authenticated(self.user) else None
         try:
             history = await database_sync_to_async(load_messages)(self.conversation_id)
@@ -122,6 +135,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 self.agent.messages = history
         except Exception:
             logger.exception("agentapp: could not build the agent for %s", self.conversation_id)
+            self.running = False
             await self.send_error(protocol.ERR_RUN_FAILED, "The agent could not be started.")
             return
         broadcaster = None
@@ -137,12 +151,16 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
         run = AgentRun(self.agent, prompt, self.conversation_id, emit, user_id=user_id)
         self.active_run = run
+        if self.cancel_requested:
+            run.cancel()
         try:
             await run.execute(time_limit=app_settings.RUN_TIME_LIMIT_SECONDS)
         except ConversationBusy:
+            self.running = False
             await self.send_error(protocol.ERR_BUSY, "Another run is in progress in this conversation.")
         finally:
             self.active_run = None
+            self.running = False
             if broadcaster is not None:
                 await broadcaster.close()
 

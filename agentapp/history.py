@@ -72,6 +72,19 @@ def repair(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return repaired
 
 
+def prompt_input(messages: list[dict[str, Any]], prompt: str) -> str | None:
+    """What to give ``stream_async``: the prompt, or None once it has joined the history's last user message.
+
+    A run cut short after its tool results leaves the history ending on a user message. Models require
+    alternating roles, so the prompt is added to that message and Strands continues from the history.
+    """
+    if messages and messages[-1].get("role") == "user":
+        last = messages[-1]
+        messages[-1] = {**last, "content": [*last["content"], {"text": prompt}]}
+        return None
+    return prompt
+
+
 def load_messages(conversation_id: Any) -> list[dict[str, Any]]:
     """The conversation's messages as Strands messages, ready to seed an Agent (synchronous ORM)."""
     rows = Message.objects.filter(conversation_id=conversation_id).order_by("position").values_list("role", "content")

@@ -63,6 +63,11 @@ def create_run(conversation_id: Any, run_id: Any, user_id: Any, prompt: str, sta
     return position + 1
 
 
+def run_in_progress(conversation_id: Any) -> bool:
+    """Whether any connection or process is running a prompt of the conversation."""
+    return Run.objects.filter(conversation_id=conversation_id, status=Run.Status.RUNNING).exists()
+
+
 def write_message(
     conversation_id: Any,
     run_id: Any,
@@ -153,10 +158,12 @@ class RunRecorder:
 
     def _on_message(self, message: Mapping[str, Any]) -> None:
         partial = False
-        if message.get("role") == "assistant" and self.cancelling and self.pending_text:
-            # Strands replaces a cancelled answer with a placeholder; keep what the user saw instead.
-            message = {"role": "assistant", "content": [{"text": "".join(self.pending_text)}]}
+        content = message.get("content") or []
+        if message.get("role") == "assistant" and self.cancelling and not any("toolUse" in block for block in content):
+            # A cancelled answer: Strands puts a placeholder in its place; keep what the user saw, if anything.
             partial = True
+            if self.pending_text:
+                message = {"role": "assistant", "content": [{"text": "".join(self.pending_text)}]}
         self.pending_text = []
         now = time.monotonic()
         if message.get("role") == "assistant":

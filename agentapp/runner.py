@@ -18,6 +18,7 @@ from strands import Agent
 from strands.types.exceptions import ContextWindowOverflowException, ModelThrottledException
 
 from . import protocol
+from .history import prompt_input
 from .recorder import RunRecorder
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ class AgentRun:
         await self._send({"type": protocol.RUN_STARTED, "prompt": self.prompt})
         outcome: dict[str, Any] = {}
         timer = asyncio.get_running_loop().call_later(time_limit, self._time_out, time_limit)
-        stream = self.agent.stream_async(self.prompt, cancel_signal=self.cancel_signal)
+        prompt = prompt_input(self.agent.messages, self.prompt)
+        stream = self.agent.stream_async(prompt, cancel_signal=self.cancel_signal)
         try:
             async for event in stream:
                 await self._forward(event, outcome)

@@ -36,8 +36,33 @@ class Client:
     async def send(self, frame: Any) -> None:
         await self.communicator.send_to(text_data=json.dumps(frame))
 
+    async def send_text(self, text: str) -> None:
+        """Send a raw text frame, JSON or not."""
+        await self.communicator.send_to(text_data=text)
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Send a binary frame."""
+        await self.communicator.send_to(bytes_data=data)
+
     async def prompt(self, text: str) -> None:
         await self.send({"type": "prompt", "prompt": text})
+
+    async def cancel(self) -> None:
+        await self.send({"type": "cancel"})
+
+    async def hello(self) -> dict[str, Any]:
+        """Connect and return the ``conversation`` frame, failing the test on anything else."""
+        connected, _ = await self.connect()
+        assert connected
+        frame = await self.receive()
+        assert frame["type"] == "conversation", frame
+        return frame
+
+    async def receive_close(self, timeout: float = TIMEOUT) -> int:
+        """Wait for the server to close the socket and return the close code."""
+        message = await self.communicator.receive_output(timeout)
+        assert message["type"] == "websocket.close", message
+        return message.get("code", 1000)
 
     async def until_finished(self) -> list[dict[str, Any]]:
         """Receive frames up to and including ``run_finished``."""
@@ -58,3 +83,8 @@ class Client:
 
     async def close(self) -> None:
         await self.communicator.disconnect(timeout=TIMEOUT)
+
+
+def streamed_text(frames: list[dict[str, Any]]) -> str:
+    """The text of every ``data`` frame, joined."""
+    return "".join(frame["data"] for frame in frames if frame["type"] == "data")
