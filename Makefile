@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint install migrate clean
+.PHONY: run test lint install migrate clean bench bench-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,18 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+$(VENV)/.bench-installed: bench/requirements.txt $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
+	touch $@
+
+# Full run (a few minutes, limit 15; needs PostgreSQL and Redis on 127.0.0.1): rewrites docs/benchmarks.md.
+bench: $(VENV)/.bench-installed
+	$(BIN)/python bench/run.py --full
+
+# Smoke run (< 2 min): fails if a benchmark cannot run or an answer comes back wrong; never judges speed.
+bench-quick: $(VENV)/.bench-installed
+	$(BIN)/python bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info db.sqlite3

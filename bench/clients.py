@@ -1,0 +1,184 @@
+"""Clients that time one answer: in process, over a streamed HTTP body, over a bare or an agentapp WebSocket.
+
+Every loop is bounded by a deadline and a frame cap; every connection goes to a loopback address only
+(proxies from the environment are ignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+from bench.baseline import build_agent
+
+# Hard cap on frames read for one answer, so a misbehaving server cannot keep a client looping.
+MAX_FRAMES = 200_000
+CONNECT_TIMEOUT = 30.0
+
+
+@dataclass
+class Timing:
+    """One answer as a client saw it: seconds from the prompt to the end and to the first text, and what came."""
+
+    elapsed: float = 0.0
+    first_token: float | None = None
+    tokens: int = 0
+    chars: int = 0
+    status: str = ""
+    error: str = ""
+    arrivals: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.elapsed if self.elapsed else 0.0
+
+
+### (a) in process ###
+
+
+async def in_process(prompt: str, timeout: float) -> Timing:
+    """Iterate ``stream_async`` of a fresh agent; the clock starts at the call, after the agent is built."""
+    agent = build_agent()
+    timing = Timing(status="completed")
+    async with asyncio.timeout(timeout):
+        start = time.perf_counter()
+        async for event in agent.stream_async(prompt):
+            if "data" in event:
+                if timing.first_token is None:
+                    timing.first_token = time.perf_counter() - start
+                timing.tokens += 1
+                timing.chars += len(event["data"])
+        timing.elapsed = time.perf_counter() - start
+    return timing
+
+
+### (b) streamed HTTP body ###
+
+
+def http_client() -> httpx.AsyncClient:
+    """An HTTP client that ignores proxy settings (loopback only) and never times out mid-answer on its own."""
+    return httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(CONNECT_TIMEOUT, read=CONNECT_TIMEOUT))
+
+
+async def http_stream(client: httpx.AsyncClient, url: str, prompt: str, timeout: float) -> Timing:
+    """POST the prompt and read the streamed body; tokens are not visible in a byte stream, only characters."""
+    timing = Timing()
+    async with asyncio.timeout(timeout):
+        start = time.perf_counter()
+        async with client.stream("POST", url, content=prompt.encode("utf-8")) as response:
+            response.raise_for_status()
+            async for chunk in response.aiter_text():
+                if timing.first_token is None and chunk:
+                    timing.first_token = time.perf_counter() - start
+                timing.chars += len(chunk)
+        timing.elapsed = time.perf_counter() - start
+    timing.status = "completed"
+    return timing
+
+
+### WebSockets ###
+
+
+async def open_socket(url: str, cookie: str | None = None, origin: str | None = None) -> ClientConnection:
+    """A WebSocket to a loopback URL with no proxy and no compression (agentapp's server offers none)."""
+    if urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"benchmarks only talk to loopback addresses, not {url}")
+    headers = {"Cookie": f"sessionid={cookie}"} if cookie else None
+    return await connect(
+        url,
+        origin=origin,  # type: ignore[arg-type]
+        additional_headers=headers,
+        proxy=None,
+        compression=None,
+        open_timeout=CONNECT_TIMEOUT,
+        close_timeout=5,
+        max_size=None,
+        ping_interval=None,
+    )
+
+
+async def bare_stream(socket: ClientConnection, prompt: str, timeout: float) -> Timing:
+    """Send the prompt to the bare consumer and count text frames until its binary done frame."""
+    timing = Timing()
+    async with asyncio.timeout(timeout):
+        start = time.perf_counter()
+        await socket.send(prompt)
+        for _ in range(MAX_FRAMES):
+            message = await socket.recv()
+            if isinstance(message, bytes):
+                timing.status = "completed"
+                break
+            if timing.first_token is None:
+                timing.first_token = time.perf_counter() - start
+            timing.tokens += 1
+            timing.chars += len(message)
+        timing.elapsed = time.perf_counter() - start
+    return timing
+
+
+async def session_cookie(base_url: str) -> str:
+    """GET / on the site (demo mode saves a session for anonymous visitors) and return the session id."""
+    async with http_client() as client:
+        response = await client.get(base_url + "/")
+        response.raise_for_status()
+        cookie = response.cookies.get("sessionid")
+    if not cookie:
+        raise RuntimeError(f"GET {base_url}/ set no sessionid cookie; is AGENTAPP_DEMO=1 set on the server?")
+    return cookie
+
+
+async def open_conversation(base_url: str, cookie: str) -> ClientConnection:
+    """Open a new agentapp conversation and read its ``conversation`` frame."""
+    ws_url = base_url.replace("http://", "ws://", 1) + "/ws/agent/"
+    socket = await open_socket(ws_url, cookie=cookie, origin=base_url)
+    async with asyncio.timeout(CONNECT_TIMEOUT):
+        frame = json.loads(await socket.recv())
+    if frame.get("type") != "conversation":
+        await socket.close()
+        raise RuntimeError(f"expected a conversation frame, got {frame}")
+    return socket
+
+
+async def agentapp_stream(
+    socket: ClientConnection, prompt: str, timeout: float, keep_arrivals: bool = False, stop_at_first: bool = False
+) -> Timing:
+    """Send a prompt frame and count ``data`` frames until ``run_finished`` (or until the first, if asked)."""
+    timing = Timing()
+    async with asyncio.timeout(timeout):
+        start = time.perf_counter()
+        await socket.send(json.dumps({"type": "prompt", "prompt": prompt}))
+        for _ in range(MAX_FRAMES):
+            frame: dict[str, Any] = json.loads(await socket.recv())
+            kind = frame.get("type")
+            if kind == "data":
+                now = time.perf_counter()
+                if timing.first_token is None:
+                    timing.first_token = now - start
+                    if stop_at_first:
+                        break
+                timing.tokens += 1
+                timing.chars += len(frame["data"])
+                if keep_arrivals:
+                    timing.arrivals.append(now)
+            elif kind == "error":
+                timing.error = f"{frame.get('code')}: {frame.get('message')}"
+            elif kind == "run_finished":
+                timing.status = str(frame.get("status"))
+                break
+        timing.elapsed = time.perf_counter() - start
+    return timing
+
+
+async def drain_until_finished(socket: ClientConnection, timeout: float) -> None:
+    """Read and drop frames until ``run_finished``, so the next prompt is not refused as busy."""
+    async with asyncio.timeout(timeout):
+        for _ in range(MAX_FRAMES):
+            if json.loads(await socket.recv()).get("type") == "run_finished":
+                return

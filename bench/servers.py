@@ -1,0 +1,254 @@
+"""Server processes under test, each on a free loopback port, started on demand and always stopped.
+
+A ``ServerPool`` is a context manager: whatever happens inside it, every process it started is terminated
+(then killed if it lingers) on the way out.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+HOST = "127.0.0.1"
+START_TIMEOUT = 45.0
+STOP_TIMEOUT = 10.0
+MIGRATE_TIMEOUT = 180.0
+REDIS_URL = "redis://127.0.0.1:6379/2"
+POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/agentapp_bench"
+# Inherited variables that would change what a server does; each server sets its own.
+_SCRUBBED = ("DATABASE_URL", "REDIS_URL", "AGENTAPP_CHANNEL_LAYER", "AGENTAPP_OFFLINE_TPS", "AGENTAPP_DEMO")
+
+
+class BenchError(RuntimeError):
+    """The harness could not do what a benchmark needs (a server did not start, a service is down)."""
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the variables a server must not inherit, plus ``extra``."""
+    env = {key: value for key, value in os.environ.items() if key not in _SCRUBBED}
+    env.update(PYTHONUNBUFFERED="1", DJANGO_SETTINGS_MODULE="project.settings", **extra)
+    return env
+
+
+### Databases ###
+
+
+def migrate(database_url: str) -> None:
+    """Run ``manage.py migrate`` against ``database_url``, raising BenchError with its output on failure."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=ROOT,
+        env=base_env(DATABASE_URL=database_url, DJANGO_DEBUG="0"),
+        capture_output=True,
+        text=True,
+        timeout=MIGRATE_TIMEOUT,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"migrate {database_url} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+
+
+def fresh_sqlite(template: Path, target: Path) -> str:
+    """Copy the migrated template SQLite file to ``target`` and return its URL."""
+    shutil.copyfile(template, target)
+    return f"sqlite:///{target}"
+
+
+def fresh_postgres(url: str = POSTGRES_URL) -> str:
+    """Drop and recreate the benchmark PostgreSQL database, migrate it, and return its URL."""
+    import psycopg
+    from psycopg import sql
+
+    name = url.rsplit("/", 1)[1]
+    maintenance = url.rsplit("/", 1)[0].replace("postgres://", "postgresql://", 1) + "/postgres"
+    try:
+        with psycopg.connect(maintenance, autocommit=True, connect_timeout=5) as connection:
+            connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.Error as exc:
+        raise BenchError(f"PostgreSQL at {maintenance} is required and not usable: {exc}") from exc
+    migrate(url)
+    return url
+
+
+def require_redis(url: str = REDIS_URL) -> None:
+    """Fail loudly when the Redis server the Redis-layer case needs is not answering."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        raise BenchError(f"Redis at {url} is required and not reachable: {exc}") from exc
+
+
+### Processes ###
+
+
+@dataclass
+class Server:
+    """One server process: its command (``{port}`` filled in), environment overrides and log file."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def command(self) -> str:
+        """The command line as a person would type it, with the overriding variables in front."""
+        shown = {key: value for key, value in self.env.items() if key not in ("PYTHONUNBUFFERED",)}
+        words = [f"{key}={value}" for key, value in shown.items()]
+        words += [Path(self.argv[0]).name, *self.argv[1:]]
+        return " ".join(words).replace(str(self.port), "<port>")
+
+    def start(self) -> None:
+        """Launch the process with its output going to the log file."""
+        with self.log.open("wb") as output:
+            self.process = subprocess.Popen(
+                self.argv, cwd=ROOT, env=base_env(**self.env), stdout=output, stderr=subprocess.STDOUT
+            )
+
+    def wait_ready(self) -> None:
+        """Poll until the port accepts connections; raise BenchError if the process dies or is too slow."""
+        assert self.process is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"{self.name} exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                with socket.create_connection((HOST, self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)  # poll interval; the loop re-checks the condition
+        raise BenchError(f"{self.name} did not listen on {self.port} within {START_TIMEOUT:g}s:\n{self.output()}")
+
+    def stop(self) -> None:
+        """Terminate the process, killing it if it does not exit promptly."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=STOP_TIMEOUT)
+
+    def output(self) -> str:
+        """The last lines the server printed."""
+        text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-40:])
+
+
+def daphne(name: str, app: str, env: Mapping[str, str], workdir: Path) -> Server:
+    """A daphne server for the ASGI application at ``app``."""
+    port = free_port()
+    argv = [str(BIN / "daphne"), "-b", HOST, "-p", str(port), app]
+    return Server(name, argv, dict(env), workdir / f"{name}.log", port=port)
+
+
+def uvicorn(name: str, app: str, workdir: Path) -> Server:
+    """A uvicorn server (one process, no access log) for the ASGI application at ``app``."""
+    port = free_port()
+    argv = [str(BIN / "uvicorn"), app, "--host", HOST, "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    return Server(name, argv, {}, workdir / f"{name}.log", port=port)
+
+
+class ServerPool:
+    """Builds servers by name on first use and stops every one of them on exit."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.servers: dict[str, Server] = {}
+        self._template: Path | None = None
+
+    def __enter__(self) -> ServerPool:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop_all()
+
+    def stop_all(self) -> None:
+        """Stop every server started so far (each one even if another fails to stop)."""
+        errors = []
+        for server in self.servers.values():
+            try:
+                server.stop()
+            except Exception as exc:  # keep stopping the others
+                errors.append(f"{server.name}: {exc}")
+        if errors:
+            raise BenchError("could not stop: " + "; ".join(errors))
+
+    def stop(self, name: str) -> None:
+        """Stop one server now (it stays listed, so its command can still be reported)."""
+        self.servers[name].stop()
+
+    def sqlite_url(self, name: str) -> str:
+        """A migrated SQLite file of the server's own (one migration, copied per server)."""
+        if self._template is None:
+            template = self.workdir / "template.sqlite3"
+            migrate(f"sqlite:///{template}")
+            self._template = template
+        return fresh_sqlite(self._template, self.workdir / f"{name}.sqlite3")
+
+    def _build(self, name: str) -> Server:
+        agentapp_env = {"AGENTAPP_DEMO": "1", "DJANGO_DEBUG": "1", "AGENTAPP_OFFLINE_TPS": "0"}
+        if name == "fastapi":
+            return uvicorn(name, "bench.fastapi_app:app", self.workdir)
+        if name == "bare":
+            return daphne(name, "bench.bare_consumer:application", {}, self.workdir)
+        if name == "agentapp":
+            env = {"DATABASE_URL": self.sqlite_url(name), **agentapp_env}
+            return daphne(name, "project.asgi:application", env, self.workdir)
+        if name == "agentapp-redis":
+            require_redis()
+            env = {"DATABASE_URL": self.sqlite_url(name), "REDIS_URL": REDIS_URL, **agentapp_env}
+            return daphne(name, "project.asgi:application", env, self.workdir)
+        if name.startswith("agentapp-paced-"):  # agentapp-paced-<memory|redis>-<n>
+            env = {"DATABASE_URL": self.sqlite_url(name), **agentapp_env, "AGENTAPP_OFFLINE_TPS": "50"}
+            if name.startswith("agentapp-paced-redis"):
+                require_redis()
+                env["REDIS_URL"] = REDIS_URL
+            return daphne(name, "project.asgi:application", env, self.workdir)
+        raise BenchError(f"no server named {name!r}")
+
+    def get(self, *names: str) -> list[Server]:
+        """The named servers, started in parallel if they are not running yet."""
+        fresh = []
+        for name in names:
+            if name not in self.servers:
+                self.servers[name] = self._build(name)
+                fresh.append(self.servers[name])
+        for server in fresh:
+            server.start()
+        for server in fresh:
+            server.wait_ready()
+        return [self.servers[name] for name in names]
