@@ -1,4 +1,4 @@
-"""The admin: conversations, runs, messages and tool results as a read-only audit log."""
+"""The admin: conversations, runs, messages and tool results as a read-only audit log; sharing is editable."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from .models import AgentState, Conversation, Message, Run, ToolResult
+from .models import AgentState, Conversation, ConversationMember, Message, Run, ToolResult
 
 ### Read-only bases ###
 
@@ -163,6 +164,14 @@ class ToolResultInline(ReadOnlyInline):
     fields = ("tool_name", "tool_use_id", "status", "tool_input", "content", "duration_ms", "run", "created_at")
 
 
+class MemberInline(ReadOnlyInline):
+    """Who the conversation is shared with; added and removed on the members' own admin pages."""
+
+    model = ConversationMember
+    fields = ("user", "role", "created_at")
+    verbose_name = "member"
+
+
 @admin.register(Conversation)
 class ConversationAdmin(ReadOnlyAdmin):
     """Conversations with their run count and last activity; the change page shows the transcript."""
@@ -171,8 +180,17 @@ class ConversationAdmin(ReadOnlyAdmin):
     list_filter = ("created_at", "updated_at", AnonymousFilter)
     search_fields = ("title", "owner__username")
     list_select_related = ("owner",)
-    fields = readonly_fields = ("id", "title", "owner", "session_key", "created_at", "updated_at", "transcript")
-    inlines = (RunInline, MessageInline, ToolResultInline)
+    fields = readonly_fields = (
+        "id",
+        "title",
+        "owner",
+        "session_key",
+        "created_at",
+        "updated_at",
+        "sharing",
+        "transcript",
+    )
+    inlines = (MemberInline, RunInline, MessageInline, ToolResultInline)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).annotate(run_count=Count("runs"))
@@ -188,6 +206,31 @@ class ConversationAdmin(ReadOnlyAdmin):
     @admin.display(description="Transcript")
     def transcript(self, obj: Conversation) -> SafeString:
         return render_transcript(obj)
+
+    @admin.display(description="Sharing")
+    def sharing(self, obj: Conversation) -> SafeString | str:
+        if obj.owner_id is None:
+            return "Anonymous conversations cannot be shared."
+        url = reverse("admin:agentapp_conversationmember_add") + f"?conversation={obj.pk}"
+        return format_html('<a href="{}">Share with a user</a>', url)
+
+
+### Sharing ###
+
+
+@admin.register(ConversationMember)
+class ConversationMemberAdmin(admin.ModelAdmin):
+    """Memberships: staff with the model permissions add and delete them; to change a role, delete and add."""
+
+    list_display = ("user", "role", "conversation", "created_at")
+    list_filter = ("role",)
+    search_fields = ("user__username", "conversation__title")
+    list_select_related = ("user", "conversation")
+    raw_id_fields = ("conversation", "user")
+    fields = ("conversation", "user", "role")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 ### Runs, messages, tool results, agent state ###

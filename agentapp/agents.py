@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
-from strands import Agent
+from strands import Agent, ModelRetryStrategy
 from strands.models.model import Model
 
 from .conf import app_settings
@@ -22,11 +22,31 @@ def build_model() -> Model:
     if choice == "bedrock":
         from strands.models.bedrock import BedrockModel
 
-        options: dict[str, Any] = {"model_id": app_settings.BEDROCK_MODEL_ID, **app_settings.BEDROCK_OPTIONS}
-        if app_settings.BEDROCK_REGION:
-            options.setdefault("region_name", app_settings.BEDROCK_REGION)
-        return BedrockModel(**options)
+        return BedrockModel(**bedrock_options())
     raise ImproperlyConfigured(f"AGENTAPP['MODEL'] must be 'offline' or 'bedrock', not {choice!r}.")
+
+
+def bedrock_options() -> dict[str, Any]:
+    """Keyword arguments for ``BedrockModel`` from the ``BEDROCK_*`` settings; ``BEDROCK_OPTIONS`` wins."""
+    options: dict[str, Any] = {"model_id": app_settings.BEDROCK_MODEL_ID, **app_settings.BEDROCK_OPTIONS}
+    if app_settings.BEDROCK_REGION and "boto_session" not in options:
+        options.setdefault("region_name", app_settings.BEDROCK_REGION)
+    if app_settings.BEDROCK_ENDPOINT_URL:
+        options.setdefault("endpoint_url", app_settings.BEDROCK_ENDPOINT_URL)
+    if app_settings.BEDROCK_CLIENT_CONFIG is not None and "boto_client_config" not in options:
+        from botocore.config import Config
+        from strands.models.bedrock import DEFAULT_READ_TIMEOUT
+
+        config = {"read_timeout": DEFAULT_READ_TIMEOUT, **app_settings.BEDROCK_CLIENT_CONFIG}
+        options["boto_client_config"] = Config(**config)
+    return options
+
+
+def model_retry_options() -> dict[str, Any]:
+    """Agent keyword arguments for throttling retries: ``BEDROCK_RETRY`` on Bedrock, strands' default otherwise."""
+    if app_settings.MODEL != "bedrock":
+        return {}
+    return {"retry_strategy": ModelRetryStrategy(**app_settings.BEDROCK_RETRY)}
 
 
 def build_default_agent(conversation: Any, user: Any) -> Agent:
@@ -39,6 +59,7 @@ def build_default_agent(conversation: Any, user: Any) -> Agent:
         system_prompt=app_settings.SYSTEM_PROMPT,
         callback_handler=None,
         name="agentapp",
+        **model_retry_options(),
     )
 
 

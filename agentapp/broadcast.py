@@ -1,7 +1,13 @@
-"""Group broadcast of a run's frames through the channel layer, coalesced so cost follows time, not tokens.
+"""Group broadcast of a run's frames through the channel layer, and how a connection follows other runs.
 
-The run never waits on the layer: frames go into a queue drained by one sender task, which merges
-adjacent text deltas (and successive ``current_tool_use`` updates) collected within a short window.
+Sending: the run never waits on the layer. Frames go into a queue drained by one sender task, which merges
+adjacent text deltas (and successive ``current_tool_use`` updates) collected within a short window, so the
+cost follows time, not tokens. Each merged frame is logged (``agentapp.runlog``) before it is sent. When the
+layer fails (Redis away), unsent frames wait and are sent, in order and with the same boundaries, once it
+works again; the failure is logged once.
+
+Receiving: a ``Follower`` per connection forwards each run's frames in order and once; a gap in ``seq``
+(a late join, frames lost while the layer was away) makes it ask for a replay of the missing frames.
 """
 
 from __future__ import annotations
@@ -9,14 +15,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+import uuid
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from . import protocol
+from .conf import app_settings
+
+if TYPE_CHECKING:
+    from .runlog import RunLog
 
 logger = logging.getLogger(__name__)
 
-FRAME_MESSAGE_TYPE = "agentapp.frame"
-CANCEL_MESSAGE_TYPE = "agentapp.cancel"
+# Channel-layer message types; a consumer handles ``agentapp.x`` in its ``agentapp_x`` method.
+FRAME_MESSAGE_TYPE = "agentapp.frame"  # to the group: one (merged) frame of a run, with the origin's channel
+CANCEL_MESSAGE_TYPE = "agentapp.cancel"  # to the group: stop the conversation's run
+SYNC_MESSAGE_TYPE = "agentapp.sync"  # to the origin or the group: send me a run's frames after ``after``
+REPLAY_MESSAGE_TYPE = "agentapp.replay"  # to one channel: a chunk of the frames asked for
+ACCESS_MESSAGE_TYPE = "agentapp.access"  # to the group: a user's role changed (None: removed)
+REJOINED_MESSAGE_TYPE = "agentapp.rejoined"  # never sent: a consumer tells itself it is back in its group
 
 
 def group_name(conversation_id: str) -> str:
@@ -43,17 +61,71 @@ def coalesce(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return merged
 
 
-class GroupBroadcaster:
-    """Sends one run's frames to the conversation group from a background task."""
+### Layer health ###
 
-    def __init__(self, channel_layer: Any, group: str, origin: str, window_seconds: float) -> None:
+
+class LayerHealth:
+    """Logs when the channel layer starts failing and when it works again: twice per outage, not per frame."""
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.failures = 0
+
+    def failed(self, action: str, exc: BaseException) -> None:
+        """Count a failed call; only the first of an outage is logged."""
+        self.failures += 1
+        if not self.failing:
+            self.failing = True
+            logger.warning(
+                "agentapp: channel layer %s failed (%r); runs go on, broadcast resumes when the layer is back",
+                action,
+                exc,
+            )
+
+    def worked(self) -> None:
+        """Note a successful call; the first after an outage is logged."""
+        if self.failing:
+            logger.warning("agentapp: broadcast restored after %d failed channel layer calls", self.failures)
+            self.failing = False
+            self.failures = 0
+
+
+layer_health = LayerHealth()
+
+
+async def layer_call(call: Awaitable[Any], action: str) -> bool:
+    """Await a channel-layer call for at most ``BROADCAST_SEND_TIMEOUT_SECONDS``; False if it failed."""
+    try:
+        async with asyncio.timeout(app_settings.BROADCAST_SEND_TIMEOUT_SECONDS):
+            await call
+    except Exception as exc:
+        layer_health.failed(action, exc)
+        return False
+    layer_health.worked()
+    return True
+
+
+### Sending ###
+
+# Broadcasters still resending after their run ended (the layer was away); referenced so they finish.
+_lingering: set[asyncio.Task[None]] = set()
+
+
+class GroupBroadcaster:
+    """Sends one run's frames to the conversation group from a background task, logging each as sent."""
+
+    def __init__(
+        self, channel_layer: Any, group: str, origin: str, window_seconds: float, log: RunLog | None = None
+    ) -> None:
         self.channel_layer = channel_layer
         self.group = group
         self.origin = origin
         self.window_seconds = window_seconds
+        self.log = log
         self.sends = 0
         self.failures = 0
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._settled = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"agentapp-broadcast-{group}")
 
     def publish(self, frame: dict[str, Any]) -> None:
@@ -61,38 +133,203 @@ class GroupBroadcaster:
         self._queue.put_nowait(frame)
 
     async def close(self) -> None:
-        """Send what is queued, then stop the sender task."""
+        """Send what is queued, then stop; if the layer is failing, return and keep retrying in the background.
+
+        Retrying stops ``RUN_LOG_KEEP_SECONDS`` after the close; frames still unsent then are dropped.
+        """
         self._queue.put_nowait(None)
-        await asyncio.shield(self._task)
+        await asyncio.shield(self._settled.wait())
+        if not self._task.done():
+            _lingering.add(self._task)
+            self._task.add_done_callback(_lingering.discard)
 
     def _take_ready(self, batch: list[dict[str, Any] | None]) -> None:
         while not self._queue.empty():
             batch.append(self._queue.get_nowait())
 
-    async def _run(self) -> None:
-        last_send = 0.0
-        done = False
-        while not done:
-            batch: list[dict[str, Any] | None] = [await self._queue.get()]
-            self._take_ready(batch)
-            only_deltas = all(frame is not None and frame["type"] == protocol.DATA for frame in batch)
-            wait = self.window_seconds - (time.monotonic() - last_send)
-            if only_deltas and wait > 0:
-                await asyncio.sleep(wait)
-                self._take_ready(batch)
-            done = None in batch
-            frames = coalesce([frame for frame in batch if frame is not None])
-            for frame in frames:
-                await self._send(frame)
-            last_send = time.monotonic()
-
-    async def _send(self, frame: dict[str, Any]) -> None:
+    async def _next_batch(self, wait_limit: float | None) -> list[dict[str, Any] | None]:
+        batch: list[dict[str, Any] | None] = []
         try:
-            await self.channel_layer.group_send(
-                self.group, {"type": FRAME_MESSAGE_TYPE, "frame": frame, "origin": self.origin}
-            )
+            async with asyncio.timeout(wait_limit):
+                batch.append(await self._queue.get())
+        except TimeoutError:
+            pass
+        self._take_ready(batch)
+        return batch
+
+    async def _run(self) -> None:
+        # Merged frames not yet sent, oldest first. Their boundaries never change once logged: a send that
+        # timed out may still have been delivered, and a replay cuts text at these boundaries.
+        pending: list[dict[str, Any]] = []
+        last_send = 0.0
+        retry_at = 0.0  # after a failure, the next attempt waits until then
+        closing_deadline: float | None = None
+        try:
+            while True:
+                if closing_deadline is None:
+                    wait_limit = max(0.0, retry_at - time.monotonic()) if pending else None
+                    batch = await self._next_batch(wait_limit)
+                    only_deltas = bool(batch) and all(f is not None and f["type"] == protocol.DATA for f in batch)
+                    wait = self.window_seconds - (time.monotonic() - last_send)
+                    if only_deltas and wait > 0 and not pending:
+                        await asyncio.sleep(wait)
+                        self._take_ready(batch)
+                    if None in batch:
+                        closing_deadline = time.monotonic() + app_settings.RUN_LOG_KEEP_SECONDS
+                        retry_at = 0.0  # one attempt now, whatever the last failure; close() returns after it
+                    fresh = coalesce([frame for frame in batch if frame is not None])
+                    if self.log is not None:
+                        for frame in fresh:
+                            self.log.append(frame)
+                    pending.extend(fresh)
+                elif pending:
+                    await asyncio.sleep(max(0.0, retry_at - time.monotonic()))
+                if pending and time.monotonic() >= retry_at:
+                    if await self._flush(pending):
+                        last_send = time.monotonic()
+                    else:
+                        retry_at = time.monotonic() + app_settings.BROADCAST_RETRY_SECONDS
+                if closing_deadline is not None:
+                    self._settled.set()
+                    if not pending:
+                        return
+                    if time.monotonic() > closing_deadline:
+                        logger.warning("agentapp: gave up broadcasting %d frames to %s", len(pending), self.group)
+                        return
+        finally:
+            self._settled.set()
+
+    async def _flush(self, pending: list[dict[str, Any]]) -> bool:
+        """Send pending frames in order; stop at the first failure, keeping it and the rest."""
+        while pending:
+            message = {"type": FRAME_MESSAGE_TYPE, "frame": pending[0], "origin": self.origin}
+            if not await layer_call(self.channel_layer.group_send(self.group, message), "group_send"):
+                self.failures += 1
+                return False
             self.sends += 1
-        except Exception as exc:
-            self.failures += 1
-            if self.failures == 1:
-                logger.warning("agentapp: broadcast to %s failed (%s); the run goes on", self.group, exc)
+            pending.pop(0)
+        return True
+
+
+### Receiving ###
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """A connection asks for a run's frames after ``after``, from the run's origin channel or from the group."""
+
+    run_id: str
+    after: int
+    origin: str | None
+    sync_id: str
+
+
+@dataclass
+class _Followed:
+    seq: int = -1  # highest seq forwarded
+    origin: str | None = None  # channel of the connection running it, from its group messages
+    buffer: list[dict[str, Any]] | None = None  # frames held while a replay is awaited
+    sync_id: str | None = None
+    syncs: int = 0
+
+
+class Follower:
+    """Which frames of other connections' runs one connection forwards: each run in order, each frame once.
+
+    A frame starting past the next expected ``seq`` means frames were missed (the connection joined mid-run,
+    or the layer lost some); the run's frames are then held and a replay of the missing ones is requested.
+    """
+
+    MAX_SYNCS = 3
+
+    def __init__(self, settled: Iterable[str] = ()) -> None:
+        # Runs whose frames are all known already: finished, or stored in the history sent on connect.
+        self.settled: set[str] = set(settled)
+        self.runs: dict[str, _Followed] = {}
+        self._requests: list[SyncRequest] = []
+
+    def offer(self, frame: dict[str, Any], origin: str | None = None) -> list[dict[str, Any]]:
+        """The frames to forward now, given one received from the group."""
+        run_id = frame.get("run_id")
+        if run_id is None or run_id in self.settled:
+            return []
+        run = self.runs.setdefault(run_id, _Followed())
+        run.origin = origin or run.origin
+        if run.buffer is not None:
+            run.buffer.append(frame)
+            return []
+        if frame["seq"] <= run.seq:
+            return []
+        if frame.get("seq_first", frame["seq"]) > run.seq + 1 and run.syncs < self.MAX_SYNCS:
+            self._request(run_id, run)
+            run.buffer.append(frame)
+            return []
+        return [self._take(run_id, run, frame)]
+
+    def _take(self, run_id: str, run: _Followed, frame: dict[str, Any]) -> dict[str, Any]:
+        run.seq = frame["seq"]
+        if frame["type"] == protocol.RUN_FINISHED:
+            self.settled.add(run_id)
+            self.runs.pop(run_id, None)
+        return frame
+
+    def _request(self, run_id: str, run: _Followed, via_group: bool = False) -> _Followed:
+        run.syncs += 1
+        if run.buffer is None:
+            run.buffer = []
+        run.sync_id = uuid.uuid4().hex
+        self._requests.append(SyncRequest(run_id, run.seq, None if via_group else run.origin, run.sync_id))
+        return run
+
+    def expect_replay(self, run_id: str) -> None:
+        """Ask for a run's frames after those forwarded so far (all of them for a run not seen yet)."""
+        if run_id in self.settled:
+            return
+        run = self.runs.setdefault(run_id, _Followed())
+        if run.buffer is None:
+            self._request(run_id, run)
+
+    def take_requests(self) -> list[SyncRequest]:
+        """Replay requests made since the last call; the caller sends them."""
+        requests, self._requests = self._requests, []
+        return requests
+
+    def waiting(self, run_id: str, sync_id: str) -> bool:
+        """Whether this replay is still the one awaited."""
+        run = self.runs.get(run_id)
+        return run is not None and run.buffer is not None and run.sync_id == sync_id
+
+    def replayed(self, run_id: str, sync_id: str, frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The replayed frames past what was forwarded, then the held frames that follow them."""
+        if not self.waiting(run_id, sync_id):
+            return []
+        run = self.runs[run_id]
+        held, run.buffer, run.sync_id = run.buffer or [], None, None
+        forward = [self._take(run_id, run, frame) for frame in frames if frame["seq"] > run.seq]
+        for frame in held:
+            forward.extend(self.offer(frame))
+        return forward
+
+    def retry_via_group(self, run_id: str, sync_id: str) -> bool:
+        """Re-ask the whole group after the run's origin did not answer; False if that was done already."""
+        run = self.runs.get(run_id)
+        if not self.waiting(run_id, sync_id) or run is None or run.origin is None or run.syncs >= self.MAX_SYNCS:
+            return False
+        run.origin = None
+        self._request(run_id, run, via_group=True)
+        return True
+
+    def give_up(self, run_id: str, sync_id: str) -> list[dict[str, Any]]:
+        """No replay came: forward the held frames as they are, and stop asking for this run."""
+        if not self.waiting(run_id, sync_id):
+            return []
+        run = self.runs[run_id]
+        held, run.buffer, run.sync_id, run.syncs = run.buffer or [], None, None, self.MAX_SYNCS
+        forward: list[dict[str, Any]] = []
+        for frame in held:
+            forward.extend(self.offer(frame))
+        return forward
+
+    def unfinished(self) -> list[str]:
+        """Runs seen but not finished, and not awaiting a replay already."""
+        return [run_id for run_id, run in self.runs.items() if run.buffer is None and run.seq >= 0]

@@ -16,7 +16,13 @@ DEFAULTS: dict[str, Any] = {
     # Bedrock model id and region, used when MODEL is "bedrock".
     "BEDROCK_MODEL_ID": "us.anthropic.claude-sonnet-4-20250514-v1:0",
     "BEDROCK_REGION": None,
-    # Extra keyword arguments for BedrockModel (for example ``endpoint_url`` via boto_client_config).
+    # Endpoint boto3 sends Bedrock Runtime requests to (a VPC endpoint, a proxy, a test fake); None: AWS's own.
+    "BEDROCK_ENDPOINT_URL": None,
+    # Keyword arguments for the boto3 client's ``botocore.config.Config`` (retries, timeouts); None: strands' own.
+    "BEDROCK_CLIENT_CONFIG": None,
+    # Keyword arguments for strands' ``ModelRetryStrategy`` (throttling retries of the default agent on Bedrock).
+    "BEDROCK_RETRY": {},
+    # Extra keyword arguments for BedrockModel; they win over the keys above.
     "BEDROCK_OPTIONS": {},
     # Offline model pacing: tokens per second (0 streams with no delay).
     "OFFLINE_TOKENS_PER_SECOND": 0,
@@ -34,6 +40,16 @@ DEFAULTS: dict[str, Any] = {
     "HISTORY_FRAME_MESSAGES": 200,
     # Window in seconds within which text deltas are merged before a group broadcast.
     "BROADCAST_WINDOW_SECONDS": 0.03,
+    # Longest wait for one channel-layer call (a group send, a replay); a layer that hangs (Redis away) is skipped.
+    "BROADCAST_SEND_TIMEOUT_SECONDS": 1.0,
+    # Pause between attempts to reach a channel layer that failed: resending a run's frames, rejoining a group.
+    "BROADCAST_RETRY_SECONDS": 0.5,
+    # How long a connection waits for the replay of a run in progress before going on without it.
+    "SYNC_TIMEOUT_SECONDS": 2.0,
+    # How long a finished run's frames stay in the memory of the process that ran it, for late joiners.
+    "RUN_LOG_KEEP_SECONDS": 30,
+    # Frames waiting to be written to one socket; past this the socket is closed as a slow consumer.
+    "SOCKET_QUEUE_FRAMES": 1000,
     # Wall-clock limit of one run, in seconds; a run over it is stopped and ends ``failed``.
     "RUN_TIME_LIMIT_SECONDS": 600,
 }

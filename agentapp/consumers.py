@@ -1,24 +1,98 @@
-"""The WebSocket consumer: one agent per connection, runs in a task, frames to the socket and the group."""
+"""The WebSocket consumer: one agent per connection, runs in a task, frames to the socket and the group.
+
+Every connection to a conversation joins its channel-layer group. The connection running a prompt sends
+each frame to its own socket at once and hands it to a ``GroupBroadcaster``; the others forward the
+group's (merged) frames through a ``Follower``, which keeps them in order, drops repeats and asks for a
+replay when frames are missing. A connection opened mid-run gets the run from its first frame that way.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import protocol
-from .access import Denied, is_authenticated, open_conversation
+from . import protocol, runlog
+from .access import OWNER, Denied, is_authenticated, may_prompt, open_with_role
 from .agents import build_agent
-from .broadcast import CANCEL_MESSAGE_TYPE, GroupBroadcaster, group_name
+from .broadcast import (
+    CANCEL_MESSAGE_TYPE,
+    REJOINED_MESSAGE_TYPE,
+    REPLAY_MESSAGE_TYPE,
+    SYNC_MESSAGE_TYPE,
+    Follower,
+    GroupBroadcaster,
+    SyncRequest,
+    group_name,
+    layer_call,
+    layer_health,
+)
 from .conf import app_settings
-from .history import load_messages, public_history
+from .history import load_messages
 from .recorder import ConversationBusy, run_in_progress
 from .runner import AgentRun
 
 logger = logging.getLogger(__name__)
+
+
+class Outbox:
+    """Messages waiting to be written to one socket, written in order by one task.
+
+    ASGI gives no backpressure of its own: under a server whose ``send`` waits for the client (uvicorn,
+    hypercorn, ``WebsocketCommunicator`` with a bounded queue) a client that stops reading makes this
+    queue grow, and past ``limit`` messages ``put`` refuses and the socket is closed as a slow consumer.
+    """
+
+    def __init__(self, write: Callable[[dict[str, Any]], Awaitable[None]], limit: int) -> None:
+        self._write = write
+        self.limit = limit
+        self.overflowed = False
+        self.closed = False
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._task = asyncio.create_task(self._drain(), name="agentapp-outbox")
+
+    @property
+    def backlog(self) -> int:
+        """Messages not yet written."""
+        return self._queue.qsize()
+
+    def put(self, message: dict[str, Any]) -> bool:
+        """Queue an ASGI message; False once closed or ``limit`` messages behind (then ``overflowed`` is set)."""
+        if self.closed or self.overflowed:
+            return False
+        if self._queue.qsize() >= self.limit:
+            self.overflowed = True
+            return False
+        self._queue.put_nowait(message)
+        return True
+
+    def finish(self, messages: list[dict[str, Any]], drop_waiting: bool = False) -> None:
+        """Queue these last messages whatever the limit (ending with a close), optionally dropping those waiting."""
+        while drop_waiting and not self._queue.empty():
+            self._queue.get_nowait()
+        for message in messages:
+            self._queue.put_nowait(message)
+        self.closed = True
+
+    def stop(self) -> None:
+        """Write nothing more: the socket is gone."""
+        self.closed = True
+        self._task.cancel()
+
+    async def _drain(self) -> None:
+        while True:
+            message = await self._queue.get()
+            try:
+                await self._write(message)
+            except Exception:
+                logger.debug("agentapp: dropped a message for a closed socket", exc_info=True)
+            if message["type"] == "websocket.close":
+                self.closed = True
+                return
 
 
 class AgentConsumer(AsyncWebsocketConsumer):
@@ -26,6 +100,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     conversation: Any = None
     conversation_id: str | None = None
+    # "owner", "member" or "viewer" (see agentapp.access); None once access is revoked.
+    role: str | None = None
     group: str | None = None
     agent: Any = None
     active_run: AgentRun | None = None
@@ -34,34 +110,54 @@ class AgentConsumer(AsyncWebsocketConsumer):
     running: bool = False
     # A cancel (or disconnect) that came while the run was still starting, applied as soon as it exists.
     cancel_requested: bool = False
+    outbox: Outbox | None = None
+    follower: Follower | None = None
+    # The conversation frame, held back while the replay of the run in progress is awaited.
+    pending_hello: dict[str, Any] | None = None
 
     ### Connection ###
 
     async def connect(self) -> None:
-        """Authorize the user for the conversation, join its group and send its history."""
+        """Authorize the user, join the conversation's group, then send its history (and any run in progress)."""
         self.user = self.scope.get("user")
+        self.held: list[dict[str, Any]] = []
+        self.replay_parts: dict[str, dict[int, list[dict[str, Any]]]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
         session_key = await self._session_key()
         conversation_id = self.scope.get("url_route", {}).get("kwargs", {}).get("conversation_id")
-        opened = await database_sync_to_async(open_conversation)(self.user, session_key, conversation_id)
+        opened = await database_sync_to_async(open_with_role)(self.user, session_key, conversation_id)
         await self.accept()
+        self.outbox = Outbox(self.base_send, app_settings.SOCKET_QUEUE_FRAMES)
         if isinstance(opened, Denied):
             await self.send_frame(protocol.error_frame(None, opened.code, opened.message))
             await self.close(code=opened.close_code)
             return
-        self.conversation = opened
-        self.conversation_id = str(opened.pk)
+        self.conversation, self.role = opened.conversation, opened.role
+        self.conversation_id = str(opened.conversation.pk)
         self.group = group_name(self.conversation_id)
         if self.channel_layer is not None:
-            await self.channel_layer.group_add(self.group, self.channel_name)
-        history = await database_sync_to_async(public_history)(opened.pk, app_settings.HISTORY_FRAME_MESSAGES)
-        await self.send_frame(
-            {
-                "type": protocol.CONVERSATION,
-                "conversation_id": self.conversation_id,
-                "title": opened.title,
-                "messages": history,
-            }
+            # Join before reading the history: a frame sent after the read is then sure to arrive.
+            await layer_call(self.channel_layer.group_add(self.group, self.channel_name), "group_add")
+        history, active = await database_sync_to_async(runlog.snapshot)(
+            self.conversation_id, app_settings.HISTORY_FRAME_MESSAGES, app_settings.RUN_TIME_LIMIT_SECONDS
         )
+        hello = {
+            "type": protocol.CONVERSATION,
+            "conversation_id": self.conversation_id,
+            "title": opened.conversation.title,
+            "role": self.role,
+            "messages": history,
+            "active_run": active,
+        }
+        active_id = active["run_id"] if active else None
+        self.follower = Follower(settled={m["run_id"] for m in history if m["run_id"] and m["run_id"] != active_id})
+        if active_id is None or self.channel_layer is None:
+            await self.send_frame(hello)
+            return
+        # The run's frames come from its log, then live; the hello waits for them (see _replayed).
+        self.pending_hello = hello
+        self.follower.expect_replay(active_id)
+        await self._request_replays()
 
     async def _session_key(self) -> str | None:
         session = self.scope.get("session")
@@ -74,18 +170,61 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         """Stop this connection's run (its stream is closed and the run saved), then leave the group."""
         self.cancel_requested = True
+        if self.outbox is not None:
+            self.outbox.stop()
+        for task in getattr(self, "tasks", ()):
+            task.cancel()
         if self.active_run is not None:
             self.active_run.cancel()
         if self.run_task is not None:
             await asyncio.shield(self.run_task)
         if self.group and self.channel_layer is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await layer_call(self.channel_layer.group_discard(self.group, self.channel_name), "group_discard")
+
+    ### Channel layer receive, surviving the layer ###
+
+    @property
+    def channel_receive(self) -> Callable[[], Awaitable[dict[str, Any]]]:
+        """What Channels' dispatch loop awaits for channel-layer messages: the layer's receive, made resilient."""
+        return self._receive_from_layer
+
+    @channel_receive.setter
+    def channel_receive(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        # Set by AsyncConsumer.__call__. A raw receive that raises (Redis away) would end the consumer, and
+        # with it the socket and the run it is streaming.
+        self._layer_receive = receive
+
+    async def _receive_from_layer(self) -> dict[str, Any]:
+        try:
+            return await self._layer_receive()
+        except Exception as exc:
+            layer_health.failed("receive", exc)
+        # The layer may have lost this connection's group (a Redis restart does): join again until it works.
+        while True:
+            await asyncio.sleep(app_settings.BROADCAST_RETRY_SECONDS)
+            if self.group is None:
+                return {"type": REJOINED_MESSAGE_TYPE}
+            if await layer_call(self.channel_layer.group_add(self.group, self.channel_name), "group_add"):
+                return {"type": REJOINED_MESSAGE_TYPE}
+
+    async def agentapp_rejoined(self, message: dict[str, Any]) -> None:
+        """Back in the group after the layer failed: ask for what was missed of the runs being followed."""
+        if self.follower is None:
+            return
+        for run_id in self.follower.unfinished():
+            self.follower.expect_replay(run_id)
+        _, active = await database_sync_to_async(runlog.snapshot)(
+            self.conversation_id, 1, app_settings.RUN_TIME_LIMIT_SECONDS
+        )
+        if active is not None and not self.running:
+            self.follower.expect_replay(active["run_id"])
+        await self._request_replays()
 
     ### Client frames ###
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Validate a client frame and dispatch it; bad frames get an ``error`` frame, never a traceback."""
-        if self.conversation_id is None:
+        if self.conversation_id is None or self.role is None:
             return
         try:
             frame = protocol.parse_client_frame(
@@ -94,7 +233,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
         except protocol.ProtocolError as error:
             await self.send_error(error.code, error.message)
             return
-        if frame.type == protocol.CLIENT_PROMPT:
+        if not may_prompt(self.role):
+            await self.send_error(protocol.ERR_READ_ONLY, "You may watch this conversation, not prompt or cancel.")
+        elif frame.type == protocol.CLIENT_PROMPT:
             await self.start_run(frame.prompt)
         elif frame.type == protocol.CLIENT_CANCEL:
             await self.request_cancel()
@@ -117,7 +258,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         elif self.running:
             self.cancel_requested = True
         elif self.channel_layer is not None and await database_sync_to_async(run_in_progress)(self.conversation_id):
-            await self.channel_layer.group_send(self.group, {"type": CANCEL_MESSAGE_TYPE})
+            await layer_call(self.channel_layer.group_send(self.group, {"type": CANCEL_MESSAGE_TYPE}), "group_send")
         else:
             await self.send_error(protocol.ERR_NO_ACTIVE_RUN, "There is no run to cancel.")
 
@@ -138,11 +279,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             self.running = False
             await self.send_error(protocol.ERR_RUN_FAILED, "The agent could not be started.")
             return
-        broadcaster = None
-        if self.channel_layer is not None:
-            broadcaster = GroupBroadcaster(
-                self.channel_layer, self.group, self.channel_name, app_settings.BROADCAST_WINDOW_SECONDS
-            )
+        broadcaster: GroupBroadcaster | None = None
 
         async def emit(frame: dict[str, Any]) -> None:
             await self.send_frame(frame)
@@ -150,12 +287,23 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 broadcaster.publish(frame)
 
         run = AgentRun(self.agent, prompt, self.conversation_id, emit, user_id=user_id)
+        if self.channel_layer is not None:
+            # The log exists before the run's row does, so a connection that sees the row can get a replay.
+            broadcaster = GroupBroadcaster(
+                self.channel_layer,
+                self.group,
+                self.channel_name,
+                app_settings.BROADCAST_WINDOW_SECONDS,
+                log=runlog.start(run.run_id),
+            )
         self.active_run = run
         if self.cancel_requested:
             run.cancel()
+        started = True
         try:
             await run.execute(time_limit=app_settings.RUN_TIME_LIMIT_SECONDS)
         except ConversationBusy:
+            started = False
             self.running = False
             await self.send_error(protocol.ERR_BUSY, "Another run is in progress in this conversation.")
         finally:
@@ -163,27 +311,177 @@ class AgentConsumer(AsyncWebsocketConsumer):
             self.running = False
             if broadcaster is not None:
                 await broadcaster.close()
+                runlog.retire(run.run_id, app_settings.RUN_LOG_KEEP_SECONDS if started else 0)
 
     ### Group messages ###
 
     async def agentapp_frame(self, message: dict[str, Any]) -> None:
         """A frame of a run started on another connection to this conversation."""
-        if message.get("origin") != self.channel_name:
-            await self.send_frame(message["frame"])
+        if message.get("origin") == self.channel_name or self.follower is None:
+            return
+        await self._deliver(self.follower.offer(message["frame"], message.get("origin")))
+        await self._request_replays()
 
     async def agentapp_cancel(self, message: dict[str, Any]) -> None:
         """Another connection asked to cancel the conversation's run; the one running it obeys."""
         if self.active_run is not None:
             self.active_run.cancel()
 
+    async def agentapp_access(self, message: dict[str, Any]) -> None:
+        """The owner changed a user's role; this connection follows if it is that user's."""
+        if self.role in (None, OWNER) or not is_authenticated(self.user) or message.get("user_id") != self.user.pk:
+            return
+        self.role = message.get("role")
+        if self.role is None:
+            await self.send_error(protocol.ERR_FORBIDDEN, "The conversation is no longer shared with you.")
+            await self.close(code=protocol.CLOSE_FORBIDDEN)
+
+    ### Replays of runs in progress ###
+
+    async def _request_replays(self) -> None:
+        """Send the replay requests the follower made: answered from this process's log when it has the run."""
+        if self.follower is None:
+            return
+        for request in self.follower.take_requests():
+            log = self._local_log(request.run_id)
+            if log is not None:
+                await self._replayed(request.run_id, request.sync_id, log.frames_after(request.after))
+            else:
+                await self._send_sync(request)
+
+    def _local_log(self, run_id: str) -> runlog.RunLog | None:
+        return runlog.get(run_id)
+
+    async def _send_sync(self, request: SyncRequest) -> None:
+        message = {
+            "type": SYNC_MESSAGE_TYPE,
+            "run_id": request.run_id,
+            "after": request.after,
+            "sync_id": request.sync_id,
+            "reply_to": self.channel_name,
+        }
+        if request.origin is not None:
+            await layer_call(self.channel_layer.send(request.origin, message), "send")
+        else:
+            await layer_call(self.channel_layer.group_send(self.group, message), "group_send")
+        task = asyncio.create_task(self._await_replay(request), name=f"agentapp-sync-{request.run_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _await_replay(self, request: SyncRequest) -> None:
+        await asyncio.sleep(app_settings.SYNC_TIMEOUT_SECONDS)
+        if self.follower is None or not self.follower.waiting(request.run_id, request.sync_id):
+            return
+        if self.follower.retry_via_group(request.run_id, request.sync_id):
+            await self._request_replays()
+            return
+        logger.info("agentapp: no replay of run %s came; going on without it", request.run_id)
+        await self._deliver_run(request.run_id, self.follower.give_up(request.run_id, request.sync_id), replayed=False)
+
+    async def agentapp_sync(self, message: dict[str, Any]) -> None:
+        """A connection asks for a run's frames; one connection of the process that has the run's log answers."""
+        log = runlog.get(message["run_id"])
+        if log is None or message["reply_to"] == self.channel_name or not log.claim(message["sync_id"]):
+            return
+        chunks = runlog.replay_chunks(log.frames_after(message["after"]))
+        for index, frames in enumerate(chunks):
+            reply = {
+                "type": REPLAY_MESSAGE_TYPE,
+                "run_id": message["run_id"],
+                "sync_id": message["sync_id"],
+                "index": index,
+                "count": len(chunks),
+                "frames": frames,
+            }
+            if not await layer_call(self.channel_layer.send(message["reply_to"], reply), "send"):
+                return
+
+    async def agentapp_replay(self, message: dict[str, Any]) -> None:
+        """A chunk of the replay this connection asked for; the frames go out when every chunk is in."""
+        run_id, sync_id = message["run_id"], message["sync_id"]
+        if self.follower is None or not self.follower.waiting(run_id, sync_id):
+            self.replay_parts.pop(sync_id, None)
+            return
+        parts = self.replay_parts.setdefault(sync_id, {})
+        parts[message["index"]] = message["frames"]
+        if len(parts) < message["count"]:
+            return
+        del self.replay_parts[sync_id]
+        await self._replayed(run_id, sync_id, [frame for index in sorted(parts) for frame in parts[index]])
+
+    async def _replayed(self, run_id: str, sync_id: str, frames: list[dict[str, Any]]) -> None:
+        if self.follower is None or not self.follower.waiting(run_id, sync_id):
+            return
+        await self._deliver_run(run_id, self.follower.replayed(run_id, sync_id, frames), replayed=True)
+        await self._request_replays()
+
+    async def _deliver_run(self, run_id: str, frames: list[dict[str, Any]], replayed: bool) -> None:
+        """Forward a run's frames; first the held conversation frame if it waited for this run.
+
+        A replayed run is left out of that frame's messages, since its frames follow from its first one.
+        """
+        hello = self.pending_hello
+        if hello is None or hello["active_run"]["run_id"] != run_id:
+            await self._deliver(frames)
+            return
+        if replayed:
+            hello = {**hello, "messages": [m for m in hello["messages"] if m["run_id"] != run_id]}
+        self.pending_hello = None
+        held, self.held = self.held, []
+        # Frames of later runs that came while the conversation frame waited go last.
+        await self._deliver([hello, *frames, *held])
+
+    async def _deliver(self, frames: list[dict[str, Any]]) -> None:
+        """Forward frames to the socket; held while the conversation frame waits for a replay."""
+        if self.role is None:
+            return
+        if self.pending_hello is not None:
+            self.held.extend(frames)
+            return
+        for frame in frames:
+            await self.send_frame(frame)
+
     ### Sending ###
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
-        """Send one frame as JSON text; a socket that is already gone is ignored."""
-        try:
+        """Queue one frame for the socket as JSON text; a socket too far behind is closed as a slow consumer."""
+        outbox = self.outbox
+        if outbox is None:
             await self.send(text_data=protocol.encode_frame(frame))
-        except Exception:
-            logger.debug("agentapp: dropped a frame for a closed socket", exc_info=True)
+            return
+        if outbox.put({"type": "websocket.send", "text": protocol.encode_frame(frame)}):
+            if outbox.backlog > outbox.limit // 2:
+                await asyncio.sleep(0)  # let the writer task run before a burst of frames fills the queue
+            return
+        if outbox.overflowed and not outbox.closed:
+            self._close_slow_consumer(outbox)
+
+    def _close_slow_consumer(self, outbox: Outbox) -> None:
+        logger.info("agentapp: closing a socket of %s that fell %d frames behind", self.conversation_id, outbox.limit)
+        error = protocol.error_frame(
+            self.conversation_id, protocol.ERR_SLOW_CONSUMER, "This connection fell too far behind and is closed."
+        )
+        outbox.finish(
+            [
+                {"type": "websocket.send", "text": protocol.encode_frame(error)},
+                {"type": "websocket.close", "code": protocol.CLOSE_SLOW_CONSUMER},
+            ],
+            drop_waiting=True,
+        )
+        self.role = None  # nothing more is forwarded or accepted
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        """Close the socket after the frames already queued for it."""
+        if self.outbox is None or self.outbox.closed:
+            if self.outbox is None:
+                await super().close(code, reason)
+            return
+        message: dict[str, Any] = {"type": "websocket.close"}
+        if code is not None and code is not True:
+            message["code"] = code
+        if reason:
+            message["reason"] = reason
+        self.outbox.finish([message])
 
     async def send_error(self, code: str, message: str) -> None:
         """Send an ``error`` frame outside any run."""

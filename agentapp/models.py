@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 
 
 class Conversation(models.Model):
@@ -138,3 +142,45 @@ class AgentState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent_id} in {self.conversation_id}"
+
+
+class ConversationMember(models.Model):
+    """A user the owner shares a conversation with: a member may prompt and cancel, a viewer only watches."""
+
+    class Role(models.TextChoices):
+        MEMBER = "member"
+        VIEWER = "viewer"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="members")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent_memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.VIEWER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["conversation", "created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["conversation", "user"], name="agentapp_member_conv_user_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.role}) in {self.conversation}"
+
+    def clean(self) -> None:
+        """Only a user's conversation is shared, and never with its owner."""
+        conversation = getattr(self, "conversation", None)
+        if conversation is None:
+            return
+        if conversation.owner_id is None:
+            raise ValidationError({"conversation": "Anonymous conversations cannot be shared."})
+        if conversation.owner_id == self.user_id:
+            raise ValidationError({"user": "The owner already has every right to the conversation."})
+
+
+@receiver(post_save, sender=ConversationMember)
+@receiver(post_delete, sender=ConversationMember)
+def _membership_changed(sender: type, instance: ConversationMember, **kwargs: Any) -> None:
+    # Live connections of this user follow the change (a removed user is disconnected); see agentapp.sharing.
+    from .sharing import announce_role
+
+    role = None if kwargs.get("signal") is post_delete else instance.role
+    announce_role(instance.conversation_id, instance.user_id, role)

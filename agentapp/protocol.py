@@ -61,11 +61,14 @@ ERR_TIME_LIMIT = "time_limit"
 ERR_FORBIDDEN = "forbidden"
 ERR_NOT_FOUND = "not_found"
 ERR_LOGIN_REQUIRED = "login_required"
+ERR_READ_ONLY = "read_only"
+ERR_SLOW_CONSUMER = "slow_consumer"
 
 # WebSocket close codes (application range 4000-4999).
 CLOSE_LOGIN_REQUIRED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_SLOW_CONSUMER = 4429
 
 # Run statuses carried by ``run_finished``.
 STATUS_COMPLETED = "completed"

@@ -153,6 +153,9 @@ class RunRecorder:
         """Note one stream_async event; complete messages are queued for writing."""
         if isinstance(event.get("data"), str):
             self.pending_text.append(event["data"])
+        elif "event_loop_throttled_delay" in event:
+            # Strands retries the model call from scratch: the text of the failed attempt is not part of the answer.
+            self.pending_text = []
         elif isinstance(event.get("message"), Mapping):
             self._on_message(event["message"])
 

@@ -32,10 +32,16 @@ _FAILURE_CODES: dict[type[BaseException], tuple[str, str]] = {
 
 
 def describe_failure(exc: BaseException) -> tuple[str, str]:
-    """An error code and a client-safe message for an exception that ended a run."""
-    for kind, described in _FAILURE_CODES.items():
-        if isinstance(exc, kind):
-            return described
+    """An error code and a client-safe message for an exception that ended a run.
+
+    Strands wraps some model errors (a throttle after a tool round) in EventLoopException, so the causes count too.
+    """
+    cause: BaseException | None = exc
+    while cause is not None:
+        for kind, described in _FAILURE_CODES.items():
+            if isinstance(cause, kind):
+                return described
+        cause = cause.__cause__
     return protocol.ERR_RUN_FAILED, f"The agent run failed ({type(exc).__name__})."
 
 

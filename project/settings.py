@@ -108,5 +108,5 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"agentapp": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {"agentapp": {"handlers": ["console"], "level": "INFO", "propagate": False}},
 }

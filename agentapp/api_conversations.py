@@ -1,0 +1,228 @@
+"""The conversations JSON API: list, create, read and delete, with the same access rules as the WebSocket.
+
+Session authentication and Django's CSRF protection apply as on any Django view; ``docs/api.md`` describes
+each endpoint for client authors. A conversation the caller may not open answers 404, so ids do not leak.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import reverse
+from django.views.decorators.csrf import ensure_csrf_cookie
+
+from . import protocol
+from .access import LOGIN_REQUIRED, Denied, is_authenticated, open_conversation
+from .conf import app_settings
+from .models import Conversation, Message, Run, ToolResult
+from .recorder import run_in_progress
+from .views import visible_conversations
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+TITLE_MAX_CHARS = Conversation._meta.get_field("title").max_length
+
+ERR_INVALID_PARAMETER = "invalid_parameter"
+ERR_METHOD_NOT_ALLOWED = "method_not_allowed"
+
+### Responses ###
+
+
+def error(status: int, code: str, message: str) -> JsonResponse:
+    """An error answer: ``{"error": code, "message": text}`` with an HTTP status."""
+    return JsonResponse({"error": code, "message": message}, status=status)
+
+
+def method_not_allowed(allowed: list[str]) -> JsonResponse:
+    response = error(405, ERR_METHOD_NOT_ALLOWED, f"Allowed methods: {', '.join(allowed)}.")
+    response["Allow"] = ", ".join(allowed)
+    return response
+
+
+def denied(reason: Denied) -> JsonResponse:
+    """The answer for a refusal from ``agentapp.access``: 401 to log in, 404 otherwise (and in demo mode)."""
+    if reason is LOGIN_REQUIRED and not app_settings.ALLOW_ANONYMOUS:
+        return error(401, reason.code, reason.message)
+    return error(404, protocol.ERR_NOT_FOUND, "No such conversation.")
+
+
+def _time(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def conversation_summary(conversation: Conversation, run_count: int) -> dict[str, Any]:
+    """A conversation as listed: id, title, times and how many runs it has had."""
+    return {
+        "id": str(conversation.pk),
+        "title": conversation.title,
+        "created": _time(conversation.created_at),
+        "updated": _time(conversation.updated_at),
+        "run_count": run_count,
+    }
+
+
+def conversation_detail(conversation: Conversation) -> dict[str, Any]:
+    """A conversation with its messages in order (each with its tool results) and its runs."""
+    results: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in ToolResult.objects.filter(conversation=conversation).order_by("created_at", "id").values():
+        results[row["message_id"]].append(
+            {
+                "tool_use_id": row["tool_use_id"],
+                "tool_name": row["tool_name"],
+                "tool_input": protocol.json_safe(protocol.from_storable(row["tool_input"])),
+                "status": row["status"],
+                "content": protocol.json_safe(protocol.from_storable(row["content"])),
+                "duration_ms": row["duration_ms"],
+            }
+        )
+    messages = [
+        {
+            "position": row["position"],
+            "role": row["role"],
+            "content": protocol.json_safe(protocol.from_storable(row["content"])),
+            "partial": row["partial"],
+            "run_id": str(row["run_id"]) if row["run_id"] else None,
+            "created": _time(row["created_at"]),
+            "tool_results": results.get(row["id"], []),
+        }
+        for row in Message.objects.filter(conversation=conversation).order_by("position").values()
+    ]
+    runs = [
+        {
+            "id": str(run.pk),
+            "prompt": run.prompt,
+            "status": run.status,
+            "stop_reason": run.stop_reason,
+            "input_tokens": run.input_tokens,
+            "output_tokens": run.output_tokens,
+            "total_tokens": run.total_tokens,
+            "latency_ms": run.latency_ms,
+            "error": run.error,
+            "started": _time(run.started_at),
+            "finished": _time(run.finished_at),
+        }
+        for run in Run.objects.filter(conversation=conversation).order_by("started_at")
+    ]
+    return {**conversation_summary(conversation, len(runs)), "messages": messages, "runs": runs}
+
+
+### Who is asking ###
+
+
+def session_key(request: HttpRequest, create: bool = False) -> str | None:
+    """The anonymous caller's session key (saving a new session when ``create``); None for a logged-in user."""
+    if is_authenticated(request.user):
+        return None
+    if create and not request.session.session_key and app_settings.ALLOW_ANONYMOUS:
+        request.session.save()
+    return request.session.session_key
+
+
+def login_required(request: HttpRequest) -> JsonResponse | None:
+    """401 for an anonymous caller unless ``ALLOW_ANONYMOUS`` is on."""
+    if is_authenticated(request.user) or app_settings.ALLOW_ANONYMOUS:
+        return None
+    return denied(LOGIN_REQUIRED)
+
+
+def owns(conversation: Conversation, request: HttpRequest) -> bool:
+    """Whether the caller owns the conversation: its user, or for an anonymous one, its session."""
+    if is_authenticated(request.user):
+        return conversation.owner_id == request.user.pk
+    key = request.session.session_key
+    return conversation.owner_id is None and bool(key) and conversation.session_key == key
+
+
+def _page(request: HttpRequest) -> tuple[int, int] | JsonResponse:
+    try:
+        limit = int(request.GET.get("limit", DEFAULT_LIMIT))
+        offset = int(request.GET.get("offset", 0))
+    except ValueError:
+        return error(400, ERR_INVALID_PARAMETER, "limit and offset must be integers.")
+    if limit < 1 or offset < 0:
+        return error(400, ERR_INVALID_PARAMETER, "limit must be at least 1 and offset at least 0.")
+    return min(limit, MAX_LIMIT), offset
+
+
+def _title(request: HttpRequest) -> str | JsonResponse:
+    if not request.body.strip():
+        return ""
+    try:
+        body = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        return error(400, protocol.ERR_INVALID_JSON, "The request body is not valid JSON.")
+    if not isinstance(body, dict):
+        return error(400, protocol.ERR_INVALID_JSON, "The request body must be a JSON object.")
+    title = body.get("title", "")
+    if not isinstance(title, str) or len(title) > TITLE_MAX_CHARS:
+        return error(400, ERR_INVALID_PARAMETER, f"title must be a string of at most {TITLE_MAX_CHARS} characters.")
+    return title.strip()
+
+
+### Views ###
+
+
+@ensure_csrf_cookie
+def conversations(request: HttpRequest) -> HttpResponse:
+    """``GET``: the caller's conversations, most recently updated first, paginated. ``POST``: a new one."""
+    refused = login_required(request)
+    if refused is not None:
+        return refused
+    if request.method == "GET":
+        page = _page(request)
+        if isinstance(page, JsonResponse):
+            return page
+        limit, offset = page
+        listed = visible_conversations(request.user, session_key(request)).annotate(run_count=Count("runs"))
+        listed = listed.order_by("-updated_at", "-created_at", "-pk")
+        return JsonResponse(
+            {
+                "conversations": [conversation_summary(row, row.run_count) for row in listed[offset : offset + limit]],
+                "count": listed.count(),
+                "limit": limit,
+                "offset": offset,
+            }
+        )
+    if request.method == "POST":
+        title = _title(request)
+        if isinstance(title, JsonResponse):
+            return title
+        created = open_conversation(request.user, session_key(request, create=True), None)
+        if isinstance(created, Denied):
+            return denied(created)
+        if title:
+            created.title = title
+            created.save(update_fields=["title", "updated_at"])
+        response = JsonResponse(conversation_summary(created, 0), status=201)
+        response["Location"] = reverse("agentapp:api_conversation", args=[created.pk])
+        return response
+    return method_not_allowed(["GET", "POST"])
+
+
+@ensure_csrf_cookie
+def conversation(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    """``GET``: the conversation with its messages, tool results and runs. ``DELETE``: remove it (owner only)."""
+    refused = login_required(request)
+    if refused is not None:
+        return refused
+    if request.method not in ("GET", "DELETE"):
+        return method_not_allowed(["GET", "DELETE"])
+    opened = open_conversation(request.user, session_key(request), conversation_id)
+    if isinstance(opened, Denied):
+        return denied(opened)
+    if request.method == "GET":
+        return JsonResponse(conversation_detail(opened))
+    if not owns(opened, request):
+        return error(403, protocol.ERR_FORBIDDEN, "Only the owner may delete a conversation.")
+    with transaction.atomic():
+        # The lock create_run takes too, so no run can start between the check and the delete.
+        Conversation.objects.select_for_update().filter(pk=opened.pk).first()
+        if run_in_progress(opened.pk):
+            return error(409, protocol.ERR_BUSY, "A run is in progress; cancel it or wait for it to finish.")
+        opened.delete()
+    return HttpResponse(status=204)

@@ -1,0 +1,158 @@
+"""The frame log of live runs: what each run broadcast so far, kept in memory so late joiners get a replay.
+
+A run's log lives in the process that runs it, from before ``run_started`` until ``RUN_LOG_KEEP_SECONDS``
+after its broadcast is flushed; then it is dropped (the stored messages are the record). It holds the frames
+exactly as the group broadcast carried them, with adjacent text deltas merged further to save memory; each
+merged ``data`` frame remembers where the broadcast frames in it ended, so ``frames_after(seq)`` can start
+at any broadcast frame's end without repeating text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from . import protocol
+from .models import Message, Run
+
+# Longest text the log merges into one ``data`` frame.
+MAX_MERGED_CHARS = 32_000
+# Target size of one replay message; a single larger frame travels alone.
+REPLAY_CHUNK_BYTES = 200_000
+
+
+class RunLog:
+    """The frames one run has broadcast so far, in order."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.frames: list[dict[str, Any]] = []
+        # For each merged data frame (by index): (seq, text length) at the end of each broadcast frame in it.
+        self._ends: dict[int, list[tuple[int, int]]] = {}
+        self._claims: set[str] = set()
+        self.finished = False
+
+    def append(self, frame: dict[str, Any]) -> None:
+        """Add a frame as broadcast (``data`` frames carry ``seq_first``); the caller's dict is not kept."""
+        last = self.frames[-1] if self.frames else None
+        index = len(self.frames) - 1
+        if frame["type"] == protocol.DATA:
+            if last is not None and last["type"] == protocol.DATA and len(last[protocol.DATA]) < MAX_MERGED_CHARS:
+                last[protocol.DATA] += frame[protocol.DATA]
+                last["seq"] = frame["seq"]
+                self._ends[index].append((frame["seq"], len(last[protocol.DATA])))
+                return
+            self.frames.append(dict(frame, seq_first=frame.get("seq_first", frame["seq"])))
+            self._ends[index + 1] = [(frame["seq"], len(frame[protocol.DATA]))]
+        elif (
+            last is not None
+            and last["type"] == frame["type"] == protocol.CURRENT_TOOL_USE
+            and last[protocol.CURRENT_TOOL_USE]["toolUseId"] == frame[protocol.CURRENT_TOOL_USE]["toolUseId"]
+        ):
+            self.frames[-1] = dict(frame, seq_first=last.get("seq_first", last["seq"]))
+        else:
+            self.frames.append(dict(frame))
+        if frame["type"] == protocol.RUN_FINISHED:
+            self.finished = True
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest frame logged, -1 before any."""
+        return self.frames[-1]["seq"] if self.frames else -1
+
+    def frames_after(self, seq: int) -> list[dict[str, Any]]:
+        """Every logged frame past ``seq`` (the end of a broadcast frame); a merged delta is cut there."""
+        selected = []
+        for index, frame in enumerate(self.frames):
+            if frame["seq"] <= seq:
+                continue
+            if frame["type"] == protocol.DATA and frame["seq_first"] <= seq:
+                chars = max((length for end, length in self._ends[index] if end <= seq), default=0)
+                frame = dict(frame, data=frame[protocol.DATA][chars:], seq_first=seq + 1)
+            selected.append(dict(frame))
+        return selected
+
+    def claim(self, sync_id: str) -> bool:
+        """True the first time a replay request is seen, so one connection of this process answers it."""
+        if sync_id in self._claims:
+            return False
+        self._claims.add(sync_id)
+        return True
+
+
+def replay_chunks(frames: list[dict[str, Any]], limit: int = REPLAY_CHUNK_BYTES) -> list[list[dict[str, Any]]]:
+    """Split frames into lists of about ``limit`` bytes of JSON each; never returns an empty list of chunks."""
+    chunks: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for frame in frames:
+        frame_size = len(protocol.encode_frame(frame))
+        if chunks[-1] and size + frame_size > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(frame)
+        size += frame_size
+    return chunks
+
+
+### The logs of this process ###
+
+_logs: dict[str, RunLog] = {}
+
+
+def start(run_id: str) -> RunLog:
+    """Open the log of a run about to start in this process."""
+    log = _logs[run_id] = RunLog(run_id)
+    return log
+
+
+def get(run_id: str) -> RunLog | None:
+    """The log of a run of this process, live or finished within ``keep`` seconds."""
+    return _logs.get(run_id)
+
+
+def retire(run_id: str, keep_seconds: float) -> None:
+    """Drop a run's log ``keep_seconds`` from now (at once for 0)."""
+    if keep_seconds <= 0:
+        _logs.pop(run_id, None)
+    else:
+        asyncio.get_running_loop().call_later(keep_seconds, _logs.pop, run_id, None)
+
+
+### The database's view ###
+
+
+def snapshot(conversation_id: Any, limit: int, stale_after_seconds: float) -> tuple[list[dict[str, Any]], dict | None]:
+    """The last ``limit`` stored messages in wire form and the run in progress, read in one query so they agree.
+
+    A run still marked running but older than ``stale_after_seconds`` died with its server: it counts as over.
+    """
+    since = timezone.now() - timedelta(seconds=stale_after_seconds)
+    rows = list(
+        Message.objects.filter(conversation_id=conversation_id)
+        .order_by("-position")
+        .values("position", "role", "content", "partial", "run_id", "run__status", "run__started_at", "run__prompt")[
+            :limit
+        ]
+    )
+    active = next(
+        (
+            {"run_id": str(row["run_id"]), "prompt": row["run__prompt"]}
+            for row in rows
+            if row["run__status"] == Run.Status.RUNNING and row["run__started_at"] >= since
+        ),
+        None,
+    )
+    messages = [
+        {
+            "position": row["position"],
+            "role": row["role"],
+            "content": protocol.json_safe(protocol.from_storable(row["content"])),
+            "partial": row["partial"],
+            "run_id": str(row["run_id"]) if row["run_id"] else None,
+        }
+        for row in reversed(rows)
+    ]
+    return messages, active

@@ -1,0 +1,108 @@
+"""Sharing a conversation: who its members are, adding and removing them, and telling live connections.
+
+The owner shares a conversation with other users as ``member`` (prompt and cancel) or ``viewer`` (watch
+only). Anonymous conversations are never shared. A change reaches the user's open connections at once
+through the conversation's channel-layer group: a removed user is disconnected, a new role applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from .broadcast import ACCESS_MESSAGE_TYPE, group_name
+from .conf import app_settings
+from .models import Conversation, ConversationMember
+
+logger = logging.getLogger(__name__)
+
+ROLES = tuple(ConversationMember.Role.values)
+
+
+class SharingError(Exception):
+    """A sharing request that cannot be done; ``code`` is machine-readable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def member_entry(member: ConversationMember) -> dict[str, Any]:
+    """A membership as the sharing API shows it."""
+    return {
+        "user_id": member.user_id,
+        "username": member.user.get_username(),
+        "role": member.role,
+        "created": member.created_at.isoformat(),
+    }
+
+
+def members_of(conversation: Conversation) -> list[dict[str, Any]]:
+    """Everyone the conversation is shared with, oldest first."""
+    rows = ConversationMember.objects.filter(conversation=conversation).select_related("user").order_by("created_at")
+    return [member_entry(member) for member in rows]
+
+
+def share(conversation: Conversation, username: str, role: str) -> tuple[ConversationMember, bool]:
+    """Share with a user by username, or change their role; return the membership and whether it is new."""
+    if role not in ROLES:
+        raise SharingError("invalid_role", f"The role must be one of {list(ROLES)}.")
+    user = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: username}).first()
+    if user is None:
+        raise SharingError("unknown_user", "No user has this username.")
+    with transaction.atomic():
+        member = ConversationMember.objects.select_for_update().filter(conversation=conversation, user=user).first()
+        created = member is None
+        if member is None:
+            member = ConversationMember(conversation=conversation, user=user, role=role)
+        elif member.role == role:
+            return member, False
+        member.role = role
+        try:
+            member.full_clean(validate_unique=False, validate_constraints=False)
+        except ValidationError as exc:
+            raise SharingError("invalid_member", " ".join(exc.messages)) from None
+        member.save()
+    return member, created
+
+
+def unshare(conversation: Conversation, user_id: int) -> bool:
+    """Stop sharing with a user; False when they were not a member."""
+    member = ConversationMember.objects.filter(conversation=conversation, user_id=user_id).first()
+    if member is None:
+        return False
+    member.delete()
+    return True
+
+
+### Telling live connections ###
+
+
+def announce_role(conversation_id: Any, user_id: Any, role: str | None) -> None:
+    """After the transaction commits, tell the conversation's connections the user's new role (None: removed)."""
+    transaction.on_commit(lambda: _send_role(str(conversation_id), user_id, role))
+
+
+def _send_role(conversation_id: str, user_id: Any, role: str | None) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    message = {"type": ACCESS_MESSAGE_TYPE, "user_id": user_id, "role": role}
+
+    async def send() -> None:
+        async with asyncio.timeout(app_settings.BROADCAST_SEND_TIMEOUT_SECONDS):
+            await layer.group_send(group_name(conversation_id), message)
+
+    try:
+        async_to_sync(send)()
+    except Exception as exc:
+        # The change is saved; connections opened from now on see it, open ones keep their role until they reconnect.
+        logger.warning("agentapp: could not tell connections of %s about a role change (%r)", conversation_id, exc)
