@@ -19,6 +19,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from . import protocol
 from .access import LOGIN_REQUIRED, Denied, is_authenticated, open_conversation
 from .conf import app_settings
+from .history import wire_message
 from .models import Conversation, Message, Run, ToolResult
 from .recorder import run_in_progress
 from .views import visible_conversations
@@ -81,15 +82,7 @@ def conversation_detail(conversation: Conversation) -> dict[str, Any]:
             }
         )
     messages = [
-        {
-            "position": row["position"],
-            "role": row["role"],
-            "content": protocol.json_safe(protocol.from_storable(row["content"])),
-            "partial": row["partial"],
-            "run_id": str(row["run_id"]) if row["run_id"] else None,
-            "created": _time(row["created_at"]),
-            "tool_results": results.get(row["id"], []),
-        }
+        {**wire_message(row), "created": _time(row["created_at"]), "tool_results": results.get(row["id"], [])}
         for row in Message.objects.filter(conversation=conversation).order_by("position").values()
     ]
     runs = [

@@ -91,20 +91,12 @@ def load_messages(conversation_id: Any) -> list[dict[str, Any]]:
     return repair([{"role": role, "content": from_storable(content)} for role, content in rows])
 
 
-def public_history(conversation_id: Any, limit: int) -> list[dict[str, Any]]:
-    """The last ``limit`` stored messages in wire form, for the ``conversation`` frame."""
-    rows = list(
-        Message.objects.filter(conversation_id=conversation_id)
-        .order_by("-position")
-        .values("position", "role", "content", "partial", "run_id")[:limit]
-    )
-    return [
-        {
-            "position": row["position"],
-            "role": row["role"],
-            "content": json_safe(from_storable(row["content"])),
-            "partial": row["partial"],
-            "run_id": str(row["run_id"]) if row["run_id"] else None,
-        }
-        for row in reversed(rows)
-    ]
+def wire_message(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored Message row (as ``values()``) in the wire form used by history frames and the API."""
+    return {
+        "position": row["position"],
+        "role": row["role"],
+        "content": json_safe(from_storable(row["content"])),
+        "partial": row["partial"],
+        "run_id": str(row["run_id"]) if row["run_id"] else None,
+    }
