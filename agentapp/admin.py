@@ -244,6 +244,7 @@ class RunAdmin(ReadOnlyAdmin):
         "__str__",
         "conversation",
         "status",
+        "pending_approval",
         "stop_reason",
         "input_tokens",
         "output_tokens",
@@ -255,6 +256,11 @@ class RunAdmin(ReadOnlyAdmin):
     list_filter = ("status", "started_at")
     search_fields = ("prompt",)
     list_select_related = ("conversation",)
+
+    @admin.display(description="Pending approval")
+    def pending_approval(self, run: Run) -> str:
+        """The tool calls a run awaiting approval waits on (filter by status "awaiting_approval" to list them)."""
+        return ", ".join(f"{item.get('tool') or item.get('name')}({item.get('input')})" for item in run.interrupts)
 
 
 @admin.register(Message)

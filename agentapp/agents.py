@@ -9,6 +9,7 @@ from django.utils.module_loading import import_string
 from strands import Agent, ModelRetryStrategy
 from strands.models.model import Model
 
+from .approvals import ApprovalHook
 from .conf import app_settings
 
 
@@ -69,11 +70,15 @@ def agent_factory() -> Any:
 
 
 def build_agent(conversation: Any, user: Any, history: list[dict[str, Any]]) -> Agent:
-    """Build the conversation's agent with the factory and give it the stored history."""
+    """Build the conversation's agent with the factory, add the approval hook and give it the stored history.
+
+    Tools named in ``AGENTAPP["APPROVAL_TOOLS"]`` or marked with ``requires_approval`` then pause for approval.
+    """
     agent = agent_factory()(conversation, user)
     if not isinstance(agent, Agent):
         raise ImproperlyConfigured(
             f"{app_settings.AGENT_FACTORY} returned {type(agent).__name__}, not a strands.Agent."
         )
+    agent.hooks.add_hook(ApprovalHook(app_settings.APPROVAL_TOOLS))
     agent.messages = history
     return agent

@@ -52,6 +52,14 @@ DEFAULTS: dict[str, Any] = {
     "SOCKET_QUEUE_FRAMES": 1000,
     # Wall-clock limit of one run, in seconds; a run over it is stopped and ends ``failed``.
     "RUN_TIME_LIMIT_SECONDS": 600,
+    # Names of tools whose every call waits for a human's approval (besides tools marked ``requires_approval``).
+    "APPROVAL_TOOLS": [],
+    # Runs a logged-in user may start per minute, over all their conversations (``rate_limited``); 0: no limit.
+    "RUNS_PER_USER_PER_MINUTE": 30,
+    # Runs one server process streams at once; a prompt past it gets ``server_busy``. 0: no limit.
+    "MAX_CONCURRENT_RUNS": 100,
+    # Whether a run goes on when the socket that started it closes (True) or is cancelled (False).
+    "RUNS_CONTINUE_ON_DISCONNECT": False,
 }
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -19,24 +21,54 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from . import protocol, runlog
 from .access import OWNER, Denied, is_authenticated, may_prompt, open_with_role
 from .agents import build_agent
+from .approvals import StaleApprovalState, restore_state
 from .broadcast import (
     CANCEL_MESSAGE_TYPE,
+    FRAME_MESSAGE_TYPE,
     REJOINED_MESSAGE_TYPE,
     REPLAY_MESSAGE_TYPE,
     SYNC_MESSAGE_TYPE,
     Follower,
     GroupBroadcaster,
     SyncRequest,
+    _Followed,
     group_name,
     layer_call,
     layer_health,
 )
 from .conf import app_settings
 from .history import load_messages
-from .recorder import ConversationBusy, run_in_progress
+from .recorder import ConversationBusy, cancel_approval, pending_approval, run_in_progress
 from .runner import AgentRun
 
 logger = logging.getLogger(__name__)
+
+# Group message telling every connection that a wait for approval ended without a new run (a cancel).
+RESOLVED_MESSAGE_TYPE = "agentapp.resolved"
+
+# The run tasks of this process, from an accepted prompt to their end (MAX_CONCURRENT_RUNS counts them), and
+# each conversation's run streaming here, so any connection of the process can cancel it (even one whose socket
+# closed while RUNS_CONTINUE_ON_DISCONNECT keeps it going).
+process_runs: set[asyncio.Task[None]] = set()
+runs_here: dict[str, AgentRun] = {}
+
+# Group messages whose handlers never use the database, by handler name.
+_DB_FREE_MESSAGES = {
+    FRAME_MESSAGE_TYPE: "agentapp_frame",
+    REPLAY_MESSAGE_TYPE: "agentapp_replay",
+    SYNC_MESSAGE_TYPE: "agentapp_sync",
+    CANCEL_MESSAGE_TYPE: "agentapp_cancel",
+    RESOLVED_MESSAGE_TYPE: "agentapp_resolved",
+}
+_SEQ_RE = re.compile(r"^-?\d{1,16}$")
+
+
+_BUSY_MESSAGES = {
+    protocol.ERR_BUSY: "Another run is in progress in this conversation.",
+    protocol.ERR_AWAITING_APPROVAL: "A tool call waits for approval: answer it (interrupt_response) or cancel.",
+    protocol.ERR_NO_PENDING_APPROVAL: "No tool call of this conversation is waiting for approval.",
+    protocol.ERR_RATE_LIMITED: "Too many runs in the last minute; try again shortly.",
+}
 
 
 class Outbox:
@@ -53,7 +85,7 @@ class Outbox:
         self.overflowed = False
         self.closed = False
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._task = asyncio.create_task(self._drain(), name="agentapp-outbox")
+        self.task = asyncio.create_task(self._drain(), name="agentapp-outbox")
 
     @property
     def backlog(self) -> int:
@@ -81,7 +113,7 @@ class Outbox:
     def stop(self) -> None:
         """Write nothing more: the socket is gone."""
         self.closed = True
-        self._task.cancel()
+        self.task.cancel()
 
     async def _drain(self) -> None:
         while True:
@@ -117,12 +149,25 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     ### Connection ###
 
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Serve the connection; the writer task ends with it, even when the server cancels the connection."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.outbox is not None:
+                self.outbox.stop()
+                await asyncio.gather(self.outbox.task, return_exceptions=True)
+
     async def connect(self) -> None:
         """Authorize the user, join the conversation's group, then send its history (and any run in progress)."""
         self.user = self.scope.get("user")
         self.held: list[dict[str, Any]] = []
         self.replay_parts: dict[str, dict[int, list[dict[str, Any]]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        # Runs this connection asked to resume (a ``resume`` frame or query) and still awaits the frames of.
+        self.resuming: set[str] = set()
+        # Resume points (run -> seq) inside merged group frames still to come: those frames are cut there.
+        self.floors: dict[str, int] = {}
         session_key = await self._session_key()
         conversation_id = self.scope.get("url_route", {}).get("kwargs", {}).get("conversation_id")
         opened = await database_sync_to_async(open_with_role)(self.user, session_key, conversation_id)
@@ -141,6 +186,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         history, active = await database_sync_to_async(runlog.snapshot)(
             self.conversation_id, app_settings.HISTORY_FRAME_MESSAGES, app_settings.RUN_TIME_LIMIT_SECONDS
         )
+        pending = await database_sync_to_async(pending_approval)(self.conversation_id)
         hello = {
             "type": protocol.CONVERSATION,
             "conversation_id": self.conversation_id,
@@ -148,16 +194,39 @@ class AgentConsumer(AsyncWebsocketConsumer):
             "role": self.role,
             "messages": history,
             "active_run": active,
+            "pending_approval": {"run_id": pending["run_id"], "interrupts": pending["interrupts"]} if pending else None,
         }
         active_id = active["run_id"] if active else None
         self.follower = Follower(settled={m["run_id"] for m in history if m["run_id"] and m["run_id"] != active_id})
+        refused: list[dict[str, Any]] = []
+        try:
+            resume = self._resume_point()
+        except protocol.ProtocolError as error:
+            resume = None
+            refused.append(protocol.error_frame(self.conversation_id, error.code, error.message))
         if active_id is None or self.channel_layer is None:
-            await self.send_frame(hello)
+            await self._deliver([hello, *refused])
+            if resume is not None:
+                await self.resume_run(*resume)
             return
         # The run's frames come from its log, then live; the hello waits for them (see _replayed).
         self.pending_hello = hello
+        if resume is not None and resume[0] == active_id:
+            self._forwarded_up_to(active_id, resume[1])  # the client has its frames up to that seq
         self.follower.expect_replay(active_id)
         await self._request_replays()
+        await self._deliver(refused)  # after the conversation frame, held until then
+        if resume is not None and resume[0] != active_id:
+            await self.resume_run(*resume)
+
+    def _resume_point(self) -> tuple[str, int] | None:
+        """The ``?resume=<run_id>&seq=<n>`` a reconnecting client put in its URL, or None."""
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        if "resume" not in query:
+            return None
+        seq: Any = query.get("seq", ["-1"])[-1]
+        seq = int(seq) if _SEQ_RE.match(seq) else seq
+        return protocol.parse_resume(query["resume"][-1], seq)
 
     async def _session_key(self) -> str | None:
         session = self.scope.get("session")
@@ -174,12 +243,27 @@ class AgentConsumer(AsyncWebsocketConsumer):
             self.outbox.stop()
         for task in getattr(self, "tasks", ()):
             task.cancel()
-        if self.active_run is not None:
+        if app_settings.RUNS_CONTINUE_ON_DISCONNECT and self.run_task is not None and not self.run_task.done():
+            # The run goes on without this socket (its frames still reach the group); process_runs keeps it.
+            self.cancel_requested = False
+            self.run_task = None
+        elif self.active_run is not None:
             self.active_run.cancel()
         if self.run_task is not None:
             await asyncio.shield(self.run_task)
         if self.group and self.channel_layer is not None:
             await layer_call(self.channel_layer.group_discard(self.group, self.channel_name), "group_discard")
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Call the message's handler; those that never touch the database skip Channels' connection cleanup.
+
+        ``AsyncConsumer.dispatch`` hops to the database thread (``aclose_old_connections``) before every handler:
+        once per group frame of a run, on the thread every connection's queries share.
+        """
+        if message["type"] in _DB_FREE_MESSAGES:
+            await getattr(self, _DB_FREE_MESSAGES[message["type"]])(message)
+        else:
+            await super().dispatch(message)
 
     ### Channel layer receive, surviving the layer ###
 
@@ -233,38 +317,122 @@ class AgentConsumer(AsyncWebsocketConsumer):
         except protocol.ProtocolError as error:
             await self.send_error(error.code, error.message)
             return
-        if not may_prompt(self.role):
-            await self.send_error(protocol.ERR_READ_ONLY, "You may watch this conversation, not prompt or cancel.")
+        if frame.type == protocol.CLIENT_RESUME:
+            await self.resume_run(frame.run_id, frame.seq)
+        elif not may_prompt(self.role):
+            await self.send_error(
+                protocol.ERR_READ_ONLY, "You may watch this conversation, not prompt, cancel or answer approvals."
+            )
         elif frame.type == protocol.CLIENT_PROMPT:
             await self.start_run(frame.prompt)
         elif frame.type == protocol.CLIENT_CANCEL:
             await self.request_cancel()
+        elif frame.type == protocol.CLIENT_INTERRUPT_RESPONSE:
+            await self.answer_interrupts(frame.responses or {})
 
-    async def start_run(self, prompt: str) -> None:
+    async def start_run(self, prompt: str, resume: dict[str, Any] | None = None) -> None:
         """Start a run in a task, so this consumer keeps reading frames (a cancel) while it streams."""
         if self.running:
             await self.send_error(protocol.ERR_BUSY, "A run is already in progress on this connection.")
             return
+        limit = app_settings.MAX_CONCURRENT_RUNS
+        if limit and len(process_runs) >= limit:
+            await self.send_error(protocol.ERR_SERVER_BUSY, "The server runs too many agents now; try again shortly.")
+            return
         self.running = True
         self.cancel_requested = False
         self.run_task = asyncio.create_task(
-            self._run(prompt, self.run_task), name=f"agentapp-run-{self.conversation_id}"
+            self._run(prompt, self.run_task, resume), name=f"agentapp-run-{self.conversation_id}"
         )
+        process_runs.add(self.run_task)
+        self.run_task.add_done_callback(process_runs.discard)
+
+    async def answer_interrupts(self, responses: dict[str, dict[str, str]]) -> None:
+        """Resume the run paused for approval with these answers, signed with the connection's user."""
+        pending = await database_sync_to_async(pending_approval)(self.conversation_id)
+        if pending is None:
+            await self.send_error(protocol.ERR_NO_PENDING_APPROVAL, _BUSY_MESSAGES[protocol.ERR_NO_PENDING_APPROVAL])
+            return
+        known = {interrupt["id"] for interrupt in pending["interrupts"]}
+        if not set(responses) <= known:
+            await self.send_error(protocol.ERR_UNKNOWN_INTERRUPT, "No pending approval has this interrupt id.")
+            return
+        user = self._user_label()
+        answers = {interrupt_id: {**answer, "user": user} for interrupt_id, answer in responses.items()}
+        await self.start_run("", resume={"run_id": pending["run_id"], "state": pending["state"], "responses": answers})
+
+    def _user_label(self) -> str:
+        return self.user.get_username() if is_authenticated(self.user) else "anonymous"
 
     async def request_cancel(self) -> None:
-        """Cancel the conversation's active run, here or on any other connection to it."""
+        """Cancel the conversation's active run, here or on any other connection to it, or its wait for approval."""
+        elsewhere = runs_here.get(self.conversation_id)
         if self.active_run is not None:
             self.active_run.cancel()
         elif self.running:
             self.cancel_requested = True
+        elif elsewhere is not None:
+            elsewhere.cancel()
         elif self.channel_layer is not None and await database_sync_to_async(run_in_progress)(self.conversation_id):
             await layer_call(self.channel_layer.group_send(self.group, {"type": CANCEL_MESSAGE_TYPE}), "group_send")
+        elif cleared := await database_sync_to_async(cancel_approval)(self.conversation_id, self._user_label()):
+            frame = {
+                "type": protocol.INTERRUPT_RESOLVED,
+                "conversation_id": self.conversation_id,
+                "run_id": cleared["run_id"],
+                "interrupt_ids": [interrupt["id"] for interrupt in cleared["interrupts"]],
+                "outcome": protocol.STATUS_CANCELLED,
+            }
+            await self.send_frame(frame)
+            if self.channel_layer is not None:
+                message = {"type": RESOLVED_MESSAGE_TYPE, "frame": frame, "origin": self.channel_name}
+                await layer_call(self.channel_layer.group_send(self.group, message), "group_send")
         else:
             await self.send_error(protocol.ERR_NO_ACTIVE_RUN, "There is no run to cancel.")
 
+    async def resume_run(self, run_id: str, seq: int) -> None:
+        """Send the frames of a run of this conversation past ``seq`` (from its log), then its live ones.
+
+        A run this connection follows already is only told where the client is; one it runs itself needs nothing.
+        Once no process keeps the run's frames, the answer is ``resume_unavailable``: the history is the record.
+        """
+        if self.follower is None or (self.active_run is not None and self.active_run.run_id == run_id):
+            return
+        if run_id in self.follower.runs:
+            self._forwarded_up_to(run_id, seq)
+            return
+        if self.channel_layer is None and self._local_log(run_id) is None:
+            await self.send_error(protocol.ERR_RESUME_UNAVAILABLE, "The frames of this run are no longer kept.")
+            return
+        self.follower.settled.discard(run_id)
+        self._forwarded_up_to(run_id, seq)
+        self.resuming.add(run_id)
+        self.follower.expect_replay(run_id)
+        await self._request_replays()
+
+    def _forwarded_up_to(self, run_id: str, seq: int) -> None:
+        """Tell the follower the client has a run's frames up to ``seq``: no replay or live frame repeats them."""
+        if self.follower is None:
+            return
+        run = self.follower.runs.setdefault(run_id, _Followed())
+        run.seq = max(run.seq, seq)
+        self.floors[run_id] = run.seq
+
+    def _trim(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Cut a merged text frame that straddles a resume point (the origin's own socket saw every delta)."""
+        floor = self.floors.get(frame.get("run_id", ""))
+        if floor is None or "seq" not in frame:
+            return frame
+        if frame.get("seq_first", frame["seq"]) > floor or frame["type"] == protocol.RUN_FINISHED:
+            del self.floors[frame["run_id"]]
+            return frame
+        log = self._local_log(frame["run_id"])
+        cut = log.cut(frame, floor) if log is not None and frame["type"] == protocol.DATA else None
+        return cut or frame
+
     ### The run ###
 
-    async def _run(self, prompt: str, previous: asyncio.Task[None] | None) -> None:
+    async def _run(self, prompt: str, previous: asyncio.Task[None] | None, resume: dict[str, Any] | None) -> None:
         if previous is not None:
             await asyncio.wait([previous])  # the last run may still be flushing its group broadcast
         user_id = self.user.pk if is_authenticated(self.user) else None
@@ -274,39 +442,62 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 self.agent = await database_sync_to_async(build_agent)(self.conversation, self.user, history)
             else:
                 self.agent.messages = history
+            # A resume continues from the paused run's saved interrupt state; a prompt starts from none.
+            restore_state(self.agent, resume["state"] if resume else None)
+        except StaleApprovalState:
+            logger.warning("agentapp: the approval state of %s no longer fits its history", self.conversation_id)
+            self.running = False
+            await database_sync_to_async(cancel_approval)(self.conversation_id, "agentapp")
+            await self.send_error(protocol.ERR_RUN_FAILED, "The pending approval no longer fits the conversation.")
+            return
         except Exception:
             logger.exception("agentapp: could not build the agent for %s", self.conversation_id)
             self.running = False
             await self.send_error(protocol.ERR_RUN_FAILED, "The agent could not be started.")
             return
         broadcaster: GroupBroadcaster | None = None
+        log: runlog.RunLog | None = None
 
         async def emit(frame: dict[str, Any]) -> None:
             await self.send_frame(frame)
-            if broadcaster is not None:
+            if broadcaster is not None and log is not None:
+                log.note_sent(frame)
                 broadcaster.publish(frame)
 
-        run = AgentRun(self.agent, prompt, self.conversation_id, emit, user_id=user_id)
+        run = AgentRun(
+            self.agent,
+            prompt,
+            self.conversation_id,
+            emit,
+            user_id=user_id,
+            resume_of=resume["run_id"] if resume else None,
+            responses=resume["responses"] if resume else None,
+            runs_per_minute=app_settings.RUNS_PER_USER_PER_MINUTE,
+        )
         if self.channel_layer is not None:
             # The log exists before the run's row does, so a connection that sees the row can get a replay.
+            log = runlog.start(run.run_id)
             broadcaster = GroupBroadcaster(
                 self.channel_layer,
                 self.group,
                 self.channel_name,
                 app_settings.BROADCAST_WINDOW_SECONDS,
-                log=runlog.start(run.run_id),
+                log=log,
             )
         self.active_run = run
+        runs_here.setdefault(self.conversation_id, run)
         if self.cancel_requested:
             run.cancel()
         started = True
         try:
             await run.execute(time_limit=app_settings.RUN_TIME_LIMIT_SECONDS)
-        except ConversationBusy:
+        except ConversationBusy as busy:
             started = False
             self.running = False
-            await self.send_error(protocol.ERR_BUSY, "Another run is in progress in this conversation.")
+            await self.send_error(busy.code, _BUSY_MESSAGES.get(busy.code, _BUSY_MESSAGES[protocol.ERR_BUSY]))
         finally:
+            if runs_here.get(self.conversation_id) is run:
+                del runs_here[self.conversation_id]
             self.active_run = None
             self.running = False
             if broadcaster is not None:
@@ -323,9 +514,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await self._request_replays()
 
     async def agentapp_cancel(self, message: dict[str, Any]) -> None:
-        """Another connection asked to cancel the conversation's run; the one running it obeys."""
-        if self.active_run is not None:
-            self.active_run.cancel()
+        """Another connection asked to cancel the conversation's run; the process running it obeys."""
+        run = self.active_run or runs_here.get(self.conversation_id)
+        if run is not None:
+            run.cancel()
+
+    async def agentapp_resolved(self, message: dict[str, Any]) -> None:
+        """A wait for approval ended without a new run (another connection cancelled it)."""
+        if message.get("origin") != self.channel_name:
+            await self._deliver([message["frame"]])
 
     async def agentapp_access(self, message: dict[str, Any]) -> None:
         """The owner changed a user's role; this connection follows if it is that user's."""
@@ -350,7 +547,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await self._send_sync(request)
 
     def _local_log(self, run_id: str) -> runlog.RunLog | None:
-        return runlog.get(run_id)
+        log = runlog.get(run_id)
+        if log is None or (log.frames and log.frames[0]["conversation_id"] != self.conversation_id):
+            return None  # a run of another conversation is none of this connection's business
+        return log
 
     async def _send_sync(self, request: SyncRequest) -> None:
         message = {
@@ -377,6 +577,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         logger.info("agentapp: no replay of run %s came; going on without it", request.run_id)
         await self._deliver_run(request.run_id, self.follower.give_up(request.run_id, request.sync_id), replayed=False)
+        if request.run_id in self.resuming:
+            self.resuming.discard(request.run_id)
+            await self.send_error(protocol.ERR_RESUME_UNAVAILABLE, "The frames of this run are no longer kept.")
 
     async def agentapp_sync(self, message: dict[str, Any]) -> None:
         """A connection asks for a run's frames; one connection of the process that has the run's log answers."""
@@ -412,6 +615,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def _replayed(self, run_id: str, sync_id: str, frames: list[dict[str, Any]]) -> None:
         if self.follower is None or not self.follower.waiting(run_id, sync_id):
             return
+        self.resuming.discard(run_id)
         await self._deliver_run(run_id, self.follower.replayed(run_id, sync_id, frames), replayed=True)
         await self._request_replays()
 
@@ -439,7 +643,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             self.held.extend(frames)
             return
         for frame in frames:
-            await self.send_frame(frame)
+            await self.send_frame(self._trim(frame) if self.floors else frame)
 
     ### Sending ###
 

@@ -42,12 +42,14 @@ class Run(models.Model):
         CANCELLED = "cancelled"
         FAILED = "failed"
         INTERRUPTED = "interrupted"
+        # Paused on a tool call that needs a human's approval (see agentapp.approvals); answered by a new run.
+        AWAITING_APPROVAL = "awaiting_approval"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="runs")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     prompt = models.TextField()
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    status = models.CharField(max_length=32, choices=Status.choices, default=Status.RUNNING)
     stop_reason = models.CharField(max_length=64, blank=True, default="")
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
@@ -58,6 +60,14 @@ class Run(models.Model):
     error = models.TextField(blank=True, default="")
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # While awaiting approval: the unanswered interrupts as sent in the ``interrupt`` frame, and the Strands
+    # interrupt state (``approvals.export_state``) any process restores to resume. Cleared once answered.
+    interrupts = models.JSONField(default=list, blank=True)
+    interrupt_state = models.JSONField(default=dict, blank=True)
+    # The answers given to this run's interrupts, with the user who gave them, or how the wait ended.
+    decisions = models.JSONField(default=dict, blank=True)
+    # The paused run this run resumed, for a run started by an ``interrupt_response``.
+    resumed_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
         ordering = ["started_at"]

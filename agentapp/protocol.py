@@ -39,11 +39,16 @@ CONVERSATION = "conversation"
 RUN_STARTED = "run_started"
 RUN_FINISHED = "run_finished"
 ERROR = "error"
+# A tool call waits for a human's approval (inside the run); the wait ended without a new run (outside any run).
+INTERRUPT = "interrupt"
+INTERRUPT_RESOLVED = "interrupt_resolved"
 
 # Client frames.
 CLIENT_PROMPT = "prompt"
 CLIENT_CANCEL = "cancel"
-CLIENT_FRAME_TYPES = (CLIENT_PROMPT, CLIENT_CANCEL)
+CLIENT_INTERRUPT_RESPONSE = "interrupt_response"
+CLIENT_RESUME = "resume"
+CLIENT_FRAME_TYPES = (CLIENT_PROMPT, CLIENT_CANCEL, CLIENT_INTERRUPT_RESPONSE, CLIENT_RESUME)
 
 # Error codes carried by ``error`` frames.
 ERR_INVALID_JSON = "invalid_json"
@@ -63,6 +68,14 @@ ERR_NOT_FOUND = "not_found"
 ERR_LOGIN_REQUIRED = "login_required"
 ERR_READ_ONLY = "read_only"
 ERR_SLOW_CONSUMER = "slow_consumer"
+ERR_AWAITING_APPROVAL = "awaiting_approval"
+ERR_NO_PENDING_APPROVAL = "no_pending_approval"
+ERR_UNKNOWN_INTERRUPT = "unknown_interrupt"
+ERR_INVALID_RESPONSE = "invalid_response"
+ERR_INVALID_RESUME = "invalid_resume"
+ERR_RESUME_UNAVAILABLE = "resume_unavailable"
+ERR_RATE_LIMITED = "rate_limited"
+ERR_SERVER_BUSY = "server_busy"
 
 # WebSocket close codes (application range 4000-4999).
 CLOSE_LOGIN_REQUIRED = 4401
@@ -75,6 +88,13 @@ STATUS_COMPLETED = "completed"
 STATUS_CANCELLED = "cancelled"
 STATUS_FAILED = "failed"
 STATUS_INTERRUPTED = "interrupted"
+STATUS_AWAITING_APPROVAL = "awaiting_approval"
+
+# Decisions an ``interrupt_response`` may carry, and the longest text with one.
+DECISIONS = ("approve", "deny")
+MAX_DECISION_TEXT_CHARS = 4000
+# Most interrupts one ``interrupt_response`` may answer.
+MAX_RESPONSES = 100
 
 ### JSON safety ###
 
@@ -264,6 +284,11 @@ class ClientFrame:
 
     type: str
     prompt: str = ""
+    # interrupt_response: interrupt id -> {"decision": "approve" | "deny", "text": str}.
+    responses: dict[str, dict[str, str]] | None = None
+    # resume: the run and the last seq the client saw of it (-1 for none).
+    run_id: str = ""
+    seq: int = -1
 
 
 def parse_client_frame(
@@ -290,4 +315,54 @@ def parse_client_frame(
         if len(prompt) > max_prompt_chars:
             raise ProtocolError(ERR_PROMPT_TOO_LARGE, f"Prompts are limited to {max_prompt_chars} characters.")
         return ClientFrame(CLIENT_PROMPT, prompt)
+    if frame_type == CLIENT_INTERRUPT_RESPONSE:
+        return ClientFrame(CLIENT_INTERRUPT_RESPONSE, responses=_parse_responses(content))
+    if frame_type == CLIENT_RESUME:
+        run_id, seq = parse_resume(content.get("run_id"), content.get("seq"))
+        return ClientFrame(CLIENT_RESUME, run_id=run_id, seq=seq)
     return ClientFrame(frame_type)
+
+
+def parse_resume(run_id: Any, seq: Any) -> tuple[str, int]:
+    """Validate a resume point (a run's UUID, the last seq seen or -1), raising ProtocolError ``invalid_resume``."""
+    if not isinstance(run_id, str) or not _is_uuid(run_id):
+        raise ProtocolError(ERR_INVALID_RESUME, "A resume needs the 'run_id' of a run.")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not -1 <= seq < 2**53:
+        raise ProtocolError(ERR_INVALID_RESUME, "A resume needs the last 'seq' seen (an integer, -1 for none).")
+    return str(uuid.UUID(run_id)), seq
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_responses(content: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Read ``{"responses": {id: {"decision", "text"?}}}`` or the single form ``{"id", "decision", "text"?}``."""
+    if "responses" in content:
+        responses = content["responses"]
+    else:
+        interrupt_id = content.get("id")
+        if not isinstance(interrupt_id, str):
+            raise ProtocolError(ERR_INVALID_RESPONSE, "Each answer needs an interrupt 'id' and a 'decision'.")
+        responses = {interrupt_id: {"decision": content.get("decision"), "text": content.get("text")}}
+    if not isinstance(responses, Mapping) or not 0 < len(responses) <= MAX_RESPONSES:
+        raise ProtocolError(
+            ERR_INVALID_RESPONSE, f"'responses' must map 1 to {MAX_RESPONSES} interrupt ids to answers."
+        )
+    parsed = {}
+    for interrupt_id, answer in responses.items():
+        if not isinstance(interrupt_id, str) or not interrupt_id or not isinstance(answer, Mapping):
+            raise ProtocolError(ERR_INVALID_RESPONSE, "Each answer needs an interrupt 'id' and a 'decision'.")
+        decision, text = answer.get("decision"), answer.get("text")
+        if decision not in DECISIONS:
+            raise ProtocolError(ERR_INVALID_RESPONSE, "'decision' must be 'approve' or 'deny'.")
+        if not isinstance(text, (str, type(None))) or len(text or "") > MAX_DECISION_TEXT_CHARS:
+            raise ProtocolError(
+                ERR_INVALID_RESPONSE, f"'text' must be a string of at most {MAX_DECISION_TEXT_CHARS} characters."
+            )
+        parsed[interrupt_id] = {"decision": decision, "text": text or ""}
+    return parsed

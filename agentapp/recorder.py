@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from .history import INTERRUPTED_TOOL_TEXT, error_results_for, orphan_tool_uses
 from .models import Conversation, Message, Run, ToolResult
-from .protocol import to_storable, tool_results_in
+from .protocol import STATUS_AWAITING_APPROVAL, from_storable, to_storable, tool_results_in
 
 logger = logging.getLogger(__name__)
 
@@ -28,17 +28,52 @@ TITLE_CHARS = 80
 
 
 class ConversationBusy(Exception):
-    """Another run of the conversation is still in progress."""
+    """Another run of the conversation is still in progress; ``code`` is the error code for the client."""
+
+    code = "busy"
+
+
+class AwaitingApproval(ConversationBusy):
+    """The conversation's last run waits for a tool approval: only an ``interrupt_response`` (or cancel) goes on."""
+
+    code = "awaiting_approval"
+
+
+class NoPendingApproval(ConversationBusy):
+    """The approval being answered is no longer pending (answered or cancelled meanwhile)."""
+
+    code = "no_pending_approval"
+
+
+class RateLimited(ConversationBusy):
+    """The user started ``RUNS_PER_USER_PER_MINUTE`` runs in the last minute."""
+
+    code = "rate_limited"
+
+
+RATE_WINDOW_SECONDS = 60
+CANCELLED_APPROVAL_TEXT = "Not run: the run was cancelled while this tool call waited for approval."
 
 
 ### Synchronous writes (run in Channels' database thread) ###
 
 
-def create_run(conversation_id: Any, run_id: Any, user_id: Any, prompt: str, stale_after_seconds: float) -> int:
-    """Insert the Run and its prompt message; return the next free message position.
+def create_run(
+    conversation_id: Any,
+    run_id: Any,
+    user_id: Any,
+    prompt: str,
+    stale_after_seconds: float,
+    resume_of: str | None = None,
+    decisions: Mapping[str, Any] | None = None,
+    runs_per_minute: int = 0,
+) -> int:
+    """Insert the Run and its prompt message (none for a resume); return the next free message position.
 
     Raises ConversationBusy while another run is in progress; a run older than ``stale_after_seconds``
-    is taken as abandoned by a dead process and marked interrupted.
+    is taken as abandoned by a dead process and marked interrupted. While a run awaits approval, only its
+    resume (``resume_of``, answered with ``decisions``) may start: a prompt raises AwaitingApproval, a resume of
+    anything else NoPendingApproval. A user past ``runs_per_minute`` prompts (0: no limit) gets RateLimited.
     """
     with transaction.atomic():
         Conversation.objects.select_for_update().filter(pk=conversation_id).first()
@@ -49,9 +84,29 @@ def create_run(conversation_id: Any, run_id: Any, user_id: Any, prompt: str, sta
         )
         if running.exists():
             raise ConversationBusy(str(conversation_id))
+        paused = (
+            Run.objects.filter(conversation_id=conversation_id, status=Run.Status.AWAITING_APPROVAL)
+            .values_list("id", flat=True)
+            .first()
+        )
+        if resume_of is None and paused is not None:
+            raise AwaitingApproval(str(conversation_id))
+        if resume_of is not None and (paused is None or str(paused) != str(resume_of)):
+            raise NoPendingApproval(str(conversation_id))
+        if resume_of is None and user_id is not None and runs_per_minute > 0:
+            since = timezone.now() - timedelta(seconds=RATE_WINDOW_SECONDS)
+            if Run.objects.filter(user_id=user_id, started_at__gte=since).count() >= runs_per_minute:
+                raise RateLimited(str(conversation_id))
         top = Message.objects.filter(conversation_id=conversation_id).aggregate(top=Max("position"))["top"]
         position = 0 if top is None else top + 1
-        run = Run.objects.create(id=run_id, conversation_id=conversation_id, user_id=user_id, prompt=prompt)
+        run = Run.objects.create(
+            id=run_id, conversation_id=conversation_id, user_id=user_id, prompt=prompt, resumed_from_id=resume_of
+        )
+        if resume_of is not None:
+            Run.objects.filter(pk=resume_of).update(
+                status=Run.Status.COMPLETED, decisions=dict(decisions or {}), interrupts=[], interrupt_state={}
+            )
+            return position
         Message.objects.create(
             conversation_id=conversation_id,
             run=run,
@@ -66,6 +121,58 @@ def create_run(conversation_id: Any, run_id: Any, user_id: Any, prompt: str, sta
 def run_in_progress(conversation_id: Any) -> bool:
     """Whether any connection or process is running a prompt of the conversation."""
     return Run.objects.filter(conversation_id=conversation_id, status=Run.Status.RUNNING).exists()
+
+
+def pending_approval(conversation_id: Any) -> dict[str, Any] | None:
+    """The run awaiting approval: ``{"run_id", "interrupts", "state"}``, or None."""
+    row = (
+        Run.objects.filter(conversation_id=conversation_id, status=Run.Status.AWAITING_APPROVAL)
+        .values("id", "interrupts", "interrupt_state")
+        .first()
+    )
+    if row is None:
+        return None
+    return {"run_id": str(row["id"]), "interrupts": row["interrupts"], "state": row["interrupt_state"]}
+
+
+def cancel_approval(conversation_id: Any, user_label: str) -> dict[str, Any] | None:
+    """End the wait for approval: the run becomes cancelled and its pending tool uses get error results.
+
+    Returns ``{"run_id", "interrupts"}`` of the cleared wait, or None when nothing was waiting.
+    """
+    with transaction.atomic():
+        Conversation.objects.select_for_update().filter(pk=conversation_id).first()
+        run = Run.objects.filter(conversation_id=conversation_id, status=Run.Status.AWAITING_APPROVAL).first()
+        if run is None:
+            return None
+        rows = list(
+            Message.objects.filter(conversation_id=conversation_id)
+            .order_by("-position")
+            .values_list("position", "role", "content")[:8]
+        )
+        messages = [{"role": role, "content": from_storable(content)} for _, role, content in reversed(rows)]
+        orphans = orphan_tool_uses(messages)
+        if orphans:
+            calls = {
+                str(use.get("toolUseId", "")): {"name": use.get("name", ""), "input": use.get("input")}
+                for use in orphans
+            }
+            write_message(
+                conversation_id,
+                run.pk,
+                rows[0][0] + 1,
+                error_results_for(orphans, CANCELLED_APPROVAL_TEXT),
+                False,
+                calls,
+            )
+        Run.objects.filter(pk=run.pk).update(
+            status=Run.Status.CANCELLED,
+            decisions={"cancelled_by": user_label},
+            interrupts=[],
+            interrupt_state={},
+            error="Cancelled while awaiting approval.",
+        )
+    return {"run_id": str(run.pk), "interrupts": run.interrupts}
 
 
 def write_message(
@@ -116,6 +223,8 @@ def finish_run(run_id: Any, conversation_id: Any, outcome: Mapping[str, Any]) ->
         metrics=outcome.get("metrics") or {},
         latency_ms=outcome.get("latency_ms"),
         error=outcome.get("error", ""),
+        interrupts=outcome.get("interrupts") or [],
+        interrupt_state=outcome.get("interrupt_state") or {},
         finished_at=timezone.now(),
     )
     Conversation.objects.filter(pk=conversation_id).update(updated_at=timezone.now())
@@ -127,12 +236,23 @@ def finish_run(run_id: Any, conversation_id: Any, outcome: Mapping[str, Any]) ->
 class RunRecorder:
     """Follows one run's events and writes them in order from a background writer task."""
 
-    def __init__(self, conversation_id: Any, run_id: Any, user_id: Any, prompt: str) -> None:
+    def __init__(
+        self,
+        conversation_id: Any,
+        run_id: Any,
+        user_id: Any,
+        prompt: str,
+        resume_of: str | None = None,
+        decisions: Mapping[str, Any] | None = None,
+    ) -> None:
         self.conversation_id = conversation_id
         self.run_id = run_id
         self.user_id = user_id
         self.prompt = prompt
-        self.messages: list[dict[str, Any]] = [{"role": "user", "content": [{"text": prompt}]}]
+        self.resume_of = resume_of
+        self.decisions = decisions
+        self.runs_per_minute = 0
+        self.messages: list[dict[str, Any]] = [] if resume_of else [{"role": "user", "content": [{"text": prompt}]}]
         self.pending_text: list[str] = []
         self.tool_calls: dict[str, dict[str, Any]] = {}
         self.cancelling = False
@@ -145,9 +265,29 @@ class RunRecorder:
     async def start(self, stale_after_seconds: float) -> None:
         """Write the Run and its prompt, then start the writer task (raises ConversationBusy)."""
         self._position = await database_sync_to_async(create_run)(
-            self.conversation_id, self.run_id, self.user_id, self.prompt, stale_after_seconds
+            self.conversation_id,
+            self.run_id,
+            self.user_id,
+            self.prompt,
+            stale_after_seconds,
+            self.resume_of,
+            self.decisions,
+            self.runs_per_minute,
         )
         self._writer = asyncio.create_task(self._drain(), name=f"agentapp-recorder-{self.run_id}")
+
+    def seed(self, message: Mapping[str, Any]) -> None:
+        """Know an already stored message (the paused tool call a resume answers) without writing it again."""
+        self.messages.append(dict(message))
+        now = time.monotonic()
+        for block in message.get("content") or []:
+            if isinstance(block, Mapping) and isinstance(block.get("toolUse"), Mapping):
+                tool_use = block["toolUse"]
+                self.tool_calls[str(tool_use.get("toolUseId", ""))] = {
+                    "name": str(tool_use.get("name", "")),
+                    "input": tool_use.get("input", {}),
+                    "started": now,
+                }
 
     def observe(self, event: Mapping[str, Any]) -> None:
         """Note one stream_async event; complete messages are queued for writing."""
@@ -206,7 +346,8 @@ class RunRecorder:
         if self.pending_text:
             self._enqueue_message({"role": "assistant", "content": [{"text": "".join(self.pending_text)}]}, True)
             self.pending_text = []
-        orphans = orphan_tool_uses(self.messages)
+        # A run paused for approval leaves its tool calls open: the resume answers them.
+        orphans = orphan_tool_uses(self.messages) if outcome.get("status") != STATUS_AWAITING_APPROVAL else []
         if orphans:
             self._enqueue_message(error_results_for(orphans, INTERRUPTED_TOOL_TEXT), False)
         outcome.setdefault("latency_ms", int((time.monotonic() - self._started_at) * 1000))

@@ -34,6 +34,16 @@ class RunLog:
         self._ends: dict[int, list[tuple[int, int]]] = {}
         self._claims: set[str] = set()
         self.finished = False
+        # Length of the run's text after each ``data`` frame the origin connection sent (by seq), so a resume from a
+        # seq inside a merged frame (the origin's own socket saw every delta) starts exactly after that delta.
+        self._text_at: dict[int, int] = {}
+        self._text_total = 0
+
+    def note_sent(self, frame: dict[str, Any]) -> None:
+        """Note a frame as the origin connection sent it, unmerged (only text lengths are kept)."""
+        if frame["type"] == protocol.DATA:
+            self._text_total += len(frame[protocol.DATA])
+            self._text_at[frame["seq"]] = self._text_total
 
     def append(self, frame: dict[str, Any]) -> None:
         """Add a frame as broadcast (``data`` frames carry ``seq_first``); the caller's dict is not kept."""
@@ -71,9 +81,16 @@ class RunLog:
                 continue
             if frame["type"] == protocol.DATA and frame["seq_first"] <= seq:
                 chars = max((length for end, length in self._ends[index] if end <= seq), default=0)
-                frame = dict(frame, data=frame[protocol.DATA][chars:], seq_first=seq + 1)
+                frame = self.cut(frame, seq) or dict(frame, data=frame[protocol.DATA][chars:], seq_first=seq + 1)
             selected.append(dict(frame))
         return selected
+
+    def cut(self, frame: dict[str, Any], seq: int) -> dict[str, Any] | None:
+        """The part of a (merged) ``data`` frame past ``seq``, or None when this log cannot tell where it is."""
+        if seq not in self._text_at or frame["seq"] not in self._text_at:
+            return None
+        chars = self._text_at[seq] - (self._text_at[frame["seq"]] - len(frame[protocol.DATA]))
+        return dict(frame, data=frame[protocol.DATA][chars:], seq_first=seq + 1)
 
     def claim(self, sync_id: str) -> bool:
         """True the first time a replay request is seen, so one connection of this process answers it."""

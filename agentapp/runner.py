@@ -17,7 +17,7 @@ from typing import Any
 from strands import Agent
 from strands.types.exceptions import ContextWindowOverflowException, ModelThrottledException
 
-from . import protocol
+from . import approvals, protocol
 from .history import prompt_input
 from .recorder import RunRecorder
 
@@ -56,10 +56,18 @@ class AgentRun:
     user_id: Any = None
     run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     cancel_signal: threading.Event = field(default_factory=threading.Event)
+    # A resume of a run paused for approval: its id and the answers {interrupt id: {"decision", "text", "user"}}.
+    # The agent must hold that run's restored interrupt state (``approvals.restore_state``).
+    resume_of: str | None = None
+    responses: dict[str, dict[str, str]] | None = None
+    runs_per_minute: int = 0
 
     def __post_init__(self) -> None:
         self.frames = protocol.RunFrames(self.conversation_id, self.run_id)
-        self.recorder = RunRecorder(self.conversation_id, self.run_id, self.user_id, self.prompt)
+        self.recorder = RunRecorder(
+            self.conversation_id, self.run_id, self.user_id, self.prompt, self.resume_of, self.responses
+        )
+        self.recorder.runs_per_minute = self.runs_per_minute
         self.tool_names: dict[str, str] = {}
         self.status = protocol.STATUS_COMPLETED
         self.stop_reason = ""
@@ -80,10 +88,22 @@ class AgentRun:
     async def execute(self, time_limit: float) -> str:
         """Run to the end and return the final status; raises only ConversationBusy, before starting."""
         await self.recorder.start(stale_after_seconds=time_limit)
-        await self._send({"type": protocol.RUN_STARTED, "prompt": self.prompt})
+        started: dict[str, Any] = {"type": protocol.RUN_STARTED, "prompt": self.prompt}
+        prompt: Any
+        if self.resume_of is not None:
+            started.update(resumes=self.resume_of, responses=self.responses)
+            prompt = approvals.responses_prompt(self.responses or {})
+            if self.agent.messages:
+                paused = self.agent.messages[-1]
+                self.recorder.seed(paused)
+                for block in paused.get("content") or []:
+                    if isinstance(block, dict) and isinstance(block.get("toolUse"), dict):
+                        self.tool_names[str(block["toolUse"].get("toolUseId"))] = str(block["toolUse"].get("name", ""))
+        else:
+            prompt = prompt_input(self.agent.messages, self.prompt)
+        await self._send(started)
         outcome: dict[str, Any] = {}
         timer = asyncio.get_running_loop().call_later(time_limit, self._time_out, time_limit)
-        prompt = prompt_input(self.agent.messages, self.prompt)
         stream = self.agent.stream_async(prompt, cancel_signal=self.cancel_signal)
         try:
             async for event in stream:
@@ -94,6 +114,12 @@ class AgentRun:
                 await self._send({"type": protocol.ERROR, "code": protocol.ERR_TIME_LIMIT, "message": self.timed_out})
             elif self.cancel_signal.is_set() or self.stop_reason == "cancelled":
                 self.status = protocol.STATUS_CANCELLED
+            elif self.stop_reason == "interrupt":
+                self.status = protocol.STATUS_AWAITING_APPROVAL
+                outcome.update(
+                    interrupts=approvals.interrupt_payloads(self.agent),
+                    interrupt_state=approvals.export_state(self.agent),
+                )
         except asyncio.CancelledError:
             self.status = protocol.STATUS_INTERRUPTED
             outcome["error"] = "The server stopped the run."
@@ -111,6 +137,8 @@ class AgentRun:
         return self.status
 
     async def _forward(self, event: dict[str, Any], outcome: dict[str, Any]) -> None:
+        if "tool_interrupt_event" in event:
+            await self._send({"type": protocol.INTERRUPT, "interrupts": approvals.interrupt_payloads(event)})
         tool_use = event.get("current_tool_use")
         if isinstance(tool_use, dict) and tool_use.get("toolUseId"):
             self.tool_names[str(tool_use["toolUseId"])] = str(tool_use.get("name", ""))

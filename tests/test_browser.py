@@ -324,3 +324,75 @@ def test_conversation_links_open_only_for_their_owner(server: LiveDaphne, new_ta
     stranger.open(server.url)
     # Its list holds only the conversation it just opened, not the owner's titled one.
     expect(stranger.page.locator("#conversations a")).to_have_text(["New conversation"])
+
+
+### Human approval ###
+
+APPROVAL_SETTINGS = """
+from project.settings import *  # noqa: F403
+
+AGENTAPP = {**AGENTAPP, "APPROVAL_TOOLS": ["calculator"]}  # noqa: F405
+"""
+
+
+@pytest.fixture(scope="module")
+def approval_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaphne]:
+    """The example site with every calculator call waiting for approval (settings written for this server only)."""
+    settings_dir = tmp_path_factory.mktemp("approval_settings")
+    (settings_dir / "approval_settings.py").write_text(APPROVAL_SETTINGS)
+    env = {
+        "AGENTAPP_OFFLINE_TPS": str(TOKENS_PER_SECOND),
+        "AGENTAPP_DEMO": "1",
+        "DJANGO_SETTINGS_MODULE": "approval_settings",
+        "PYTHONPATH": os.pathsep.join([str(settings_dir), str(ROOT)]),
+    }
+    with live_daphne(tmp_path_factory.mktemp("live_approval"), env) as live:
+        yield live
+    failures = [line for line in live.output().splitlines() if "Traceback" in line or " ERROR " in line]
+    assert failures == [], live.output()
+
+
+def test_approve_deny_and_stop_a_tool_call_waiting_for_approval(approval_server: LiveDaphne, new_tab) -> None:
+    asker = new_tab().open(approval_server.url)
+    asker.ask("Calculate 2+2")
+    paused = asker.last_run()
+    approval = paused.locator(".approval")
+    expect(approval.locator(".approval-head")).to_have_text("Approval needed: calculator", timeout=RUN_TIMEOUT_MS)
+    expect(approval.locator(".approval-input")).to_have_text('{"expression":"2+2"}')
+    expect(paused.locator(".run-status")).to_have_text("awaiting_approval", timeout=RUN_TIMEOUT_MS)
+    expect(asker.page.locator("#send")).to_be_disabled()
+    expect(asker.page.locator("#stop")).to_be_enabled()
+
+    # Another browser of the session opens the conversation: the pending approval is there, and it answers.
+    other = new_tab(cookies_from=asker)
+    other.page.goto(asker.page.url)  # not Tab.open: Send stays disabled while the approval is pending
+    expect(other.page.locator("#connection")).to_have_attribute("data-state", "open")
+    expect(other.page.locator("#send")).to_be_disabled()
+    expect(other.page.locator(".approval .approval-head")).to_have_text("Approval needed: calculator")
+    other.page.locator(".approval button.approve").click()
+    for tab in (asker, other):
+        expect(tab.page.locator(".approval .approval-outcome")).to_have_text("approved", timeout=RUN_TIMEOUT_MS)
+        resumed = tab.last_run()
+        expect(resumed.locator(".tool-card .tool-result")).to_have_text("4", timeout=RUN_TIMEOUT_MS)
+        expect(resumed.locator(".message.assistant")).to_have_text("2+2 = 4.", timeout=RUN_TIMEOUT_MS)
+        expect(resumed.locator(".run-status")).to_have_text("completed", timeout=RUN_TIMEOUT_MS)
+        expect(tab.page.locator("#send")).to_be_enabled()
+        expect(tab.page.locator(".approval button")).to_have_count(0)
+
+    # Denied: the tool does not run and the model reads why.
+    asker.ask("Calculate 3+3")
+    expect(asker.last_run().locator(".approval button.deny")).to_be_enabled(timeout=RUN_TIMEOUT_MS)
+    asker.last_run().locator(".approval button.deny").click()
+    denied = asker.last_run()
+    expect(denied.locator(".tool-card .tool-status")).to_have_text("error", timeout=RUN_TIMEOUT_MS)
+    expect(denied.locator(".tool-card .tool-result")).to_contain_text("Denied by anonymous")
+    expect(denied.locator(".run-status")).to_have_text("completed", timeout=RUN_TIMEOUT_MS)
+
+    # Stop during the wait: the approval is cancelled everywhere and the conversation can go on.
+    asker.ask("Calculate 5+5")
+    expect(other.last_run().locator(".approval button.approve")).to_be_enabled(timeout=RUN_TIMEOUT_MS)
+    asker.page.locator("#stop").click()
+    for tab in (asker, other):
+        expect(tab.last_run().locator(".approval .approval-outcome")).to_have_text("cancelled", timeout=RUN_TIMEOUT_MS)
+        expect(tab.page.locator("#send")).to_be_enabled()
+        expect(tab.page.locator("#stop")).to_be_disabled()

@@ -13,6 +13,12 @@
 /** Close codes after which reconnecting cannot help (login required, forbidden, not found). */
 export const PERMANENT_CLOSE_CODES = new Set([4401, 4403, 4404]);
 
+/** Close code of a connection that fell too far behind: reconnect (with resume) to catch up. */
+export const SLOW_CONSUMER_CLOSE_CODE = 4429;
+
+/** Error codes a client may retry after a while, as opposed to errors in the frame it sent. */
+export const RETRYABLE_ERROR_CODES = new Set(["busy", "rate_limited", "server_busy", "model_throttled"]);
+
 /** An absolute ws:// or wss:// URL for a path on this page's host. */
 export function websocketUrl(path, location = window.location) {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -26,8 +32,15 @@ export class AgentSocket {
    * @param {number} [options.minDelayMs] first reconnect delay
    * @param {number} [options.maxDelayMs] cap of the reconnect delay (doubling from minDelayMs)
    * @param {typeof WebSocket} [options.WebSocket] WebSocket implementation (for tests)
+   * @param {boolean} [options.resume] reconnect with ?resume=<run_id>&seq=<n> for a run seen unfinished, to get only
+   *   the frames missed (for clients that keep their state; a page that re-renders the history does not need it)
    */
-  constructor({ minDelayMs = 500, maxDelayMs = 10_000, WebSocket: Impl = globalThis.WebSocket } = {}) {
+  constructor({
+    minDelayMs = 500,
+    maxDelayMs = 10_000,
+    WebSocket: Impl = globalThis.WebSocket,
+    resume = false,
+  } = {}) {
     this.url = null;
     this.minDelayMs = minDelayMs;
     this.maxDelayMs = maxDelayMs;
@@ -39,9 +52,10 @@ export class AgentSocket {
     this.frameListeners = new Set();
     this.stateListeners = new Set();
     this.state = "idle";
-    // Highest seq seen per run_id. Unused for now: kept so a future "resume from seq" request can send it
-    // after a reconnect (the server does not support resuming yet; a reconnect gets the stored history instead).
+    // Highest seq seen per run_id, and the runs seen without their run_finished: the resume point on reconnect.
     this.lastSeq = new Map();
+    this.unfinished = new Set();
+    this.resume = resume;
   }
 
   /** Call `callback(frame)` for every server frame; returns a function that unsubscribes. */
@@ -67,7 +81,7 @@ export class AgentSocket {
       this.ws.close();
     }
     this.setState("connecting", { attempt: this.attempts });
-    const ws = new this.Impl(url);
+    const ws = new this.Impl(this.resumeUrl(url));
     this.ws = ws;
     ws.onopen = () => {
       this.attempts = 0;
@@ -99,7 +113,27 @@ export class AgentSocket {
     return this.send({ type: "prompt", prompt });
   }
 
-  /** Stop the conversation's active run, whichever connection started it. */
+  /** Answer a tool call waiting for approval: `decision` is "approve" or "deny", `text` an optional note. */
+  answerInterrupt(interruptId, decision, text = "") {
+    return this.send({ type: "interrupt_response", responses: { [interruptId]: { decision, text } } });
+  }
+
+  /** Ask for the frames of a run after `seq` (default: the last seen), then its live ones. */
+  resumeRun(runId, seq = this.lastSeq.get(runId) ?? -1) {
+    return this.send({ type: "resume", run_id: runId, seq });
+  }
+
+  /** `url` with the resume point of the newest unfinished run, when the resume option is on. */
+  resumeUrl(url) {
+    const runId = [...this.unfinished].pop();
+    if (!this.resume || runId === undefined) return url;
+    const target = new URL(url);
+    target.searchParams.set("resume", runId);
+    target.searchParams.set("seq", String(this.lastSeq.get(runId) ?? -1));
+    return target.toString();
+  }
+
+  /** Stop the conversation's active run (or its wait for approval), whichever connection started it. */
   cancel() {
     return this.send({ type: "cancel" });
   }
@@ -126,7 +160,12 @@ export class AgentSocket {
     }
     if (frame === null || typeof frame !== "object") return;
     if (typeof frame.run_id === "string" && typeof frame.seq === "number") {
-      this.lastSeq.set(frame.run_id, Math.max(frame.seq, this.lastSeq.get(frame.run_id) ?? -1));
+      const seen = this.lastSeq.get(frame.run_id) ?? -1;
+      if (frame.seq > seen) {
+        this.lastSeq.set(frame.run_id, frame.seq);
+        if (frame.type === "run_finished") this.unfinished.delete(frame.run_id);
+        else this.unfinished.add(frame.run_id);
+      }
     }
     for (const listener of this.frameListeners) listener(frame);
   }

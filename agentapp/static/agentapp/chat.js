@@ -27,6 +27,8 @@ let pendingPrompt = false; // a prompt was sent and neither run_started nor an e
 let stopping = false;
 const runs = new Map(); // run_id -> RunView
 const activeRuns = new Set(); // run_ids started and not finished, from any connection
+let pendingApproval = null; // { runId, interrupts } while a tool call waits for a human's answer
+let answering = false; // an interrupt_response was sent and no run or error came back yet
 
 // ---- DOM helpers ----
 
@@ -192,6 +194,38 @@ class RunView {
     this.body.append(node("div", className, text));
   }
 
+  /** A card per tool call waiting for approval, with Approve and Deny buttons that answer it. */
+  showApprovals(interrupts) {
+    this.endSegment();
+    for (const interrupt of interrupts) {
+      if (this.element.querySelector(`.approval[data-interrupt-id="${CSS.escape(interrupt.id)}"]`)) continue;
+      const card = node("div", "approval");
+      card.dataset.interruptId = interrupt.id;
+      const head = node("div", "approval-head", `Approval needed: ${interrupt.tool || interrupt.name}`);
+      const reason = node("div", "approval-reason", typeof interrupt.reason === "string" ? interrupt.reason : "");
+      const input = node("pre", "approval-input", inputText(interrupt.input ?? ""));
+      const approve = node("button", "approve", "Approve");
+      const deny = node("button", "deny", "Deny");
+      for (const [button, decision] of [[approve, "approve"], [deny, "deny"]]) {
+        button.type = "button";
+        button.addEventListener("click", () => answer(interrupt.id, decision));
+      }
+      const actions = node("div", "approval-actions");
+      actions.append(approve, deny);
+      card.append(head, reason, input, actions);
+      this.body.append(card);
+    }
+  }
+
+  /** The wait for approval ended: the buttons go, the card says how. */
+  resolveApprovals(outcome) {
+    for (const card of this.element.querySelectorAll(".approval")) {
+      card.querySelector(".approval-actions")?.remove();
+      card.dataset.outcome = outcome;
+      card.append(node("div", "approval-outcome", outcome));
+    }
+  }
+
   setStatus(status) {
     this.statusElement.textContent = status;
     this.element.dataset.status = status;
@@ -245,6 +279,12 @@ function onConversation(frame) {
   transcript.replaceChildren();
   setTitle(frame.title || "");
   for (const message of frame.messages || []) renderHistoryMessage(message);
+  answering = false;
+  pendingApproval = null;
+  if (frame.pending_approval) {
+    pendingApproval = { runId: frame.pending_approval.run_id, interrupts: frame.pending_approval.interrupts };
+    runFor(pendingApproval.runId).showApprovals(pendingApproval.interrupts);
+  }
   transcript.scrollTop = transcript.scrollHeight;
 
   const url = new URL(window.location.href);
@@ -289,9 +329,27 @@ function markCurrentInList() {
 
 // ---- Live frames ----
 
+// ---- Approvals ----
+
+function answer(interruptId, decision) {
+  if (answering || !pendingApproval) return;
+  if (socket.answerInterrupt(interruptId, decision)) {
+    answering = true;
+    updateControls();
+  }
+}
+
+function approvalResolved(runId, outcome) {
+  runs.get(runId)?.resolveApprovals(outcome);
+  if (pendingApproval?.runId === runId) pendingApproval = null;
+  answering = false;
+  stopping = false;
+}
+
 function showError(frame) {
   stopping = false;
   pendingPrompt = false;
+  answering = false;
   const notice = node("div", "notice error", `Error: ${frame.message || "unknown error"} (${frame.code || "error"})`);
   if (frame.code === "login_required" && root.dataset.loginUrl) {
     const link = node("a", null, "Log in");
@@ -311,8 +369,17 @@ function onRunFrame(frame) {
   switch (frame.type) {
     case "run_started":
       pendingPrompt = false;
+      if (frame.resumes) {
+        const decisions = Object.values(frame.responses || {}).map((response) => `${response.decision}d`);
+        approvalResolved(frame.resumes, [...new Set(decisions)].join(", ") || "answered");
+        break;
+      }
       run.setPrompt(frame.prompt);
       if (!conversationTitle) setTitle(String(frame.prompt).slice(0, TITLE_CHARS));
+      break;
+    case "interrupt":
+      pendingApproval = { runId: run.runId, interrupts: frame.interrupts || [] };
+      run.showApprovals(pendingApproval.interrupts);
       break;
     case "data":
       run.streamedSinceMessage = true;
@@ -361,8 +428,10 @@ function onFrame(frame) {
     onConversation(frame);
   } else if (frame.conversation_id && conversationId && frame.conversation_id !== conversationId) {
     return; // not this conversation's frame
-  } else if (typeof frame.run_id === "string") {
+  } else if (typeof frame.run_id === "string" && frame.type !== "interrupt_resolved") {
     onRunFrame(frame);
+  } else if (frame.type === "interrupt_resolved") {
+    approvalResolved(frame.run_id, frame.outcome);
   } else if (frame.type === "error") {
     showError(frame);
   }
@@ -397,8 +466,10 @@ function onState(state, detail) {
 
 function updateControls() {
   const usable = ready && socket.isOpen;
-  sendButton.disabled = !usable || pendingPrompt || activeRuns.size > 0;
-  stopButton.disabled = !usable || stopping || activeRuns.size === 0;
+  sendButton.disabled = !usable || pendingPrompt || activeRuns.size > 0 || pendingApproval !== null;
+  // Stop also ends a wait for approval (the tool calls get an error result).
+  stopButton.disabled = !usable || stopping || (activeRuns.size === 0 && pendingApproval === null);
+  for (const button of transcript.querySelectorAll(".approval button")) button.disabled = !usable || answering;
 }
 
 form.addEventListener("submit", (event) => {
