@@ -1,0 +1,106 @@
+"""Server-Sent Events through real daphne processes on Redis: a run POSTed to one is watched on the other.
+
+Also the real hang-up path: daphne tells Django the client left, Django cancels the streaming task, and the
+run it started ends ``cancelled``, as it would for a closed WebSocket.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import REDIS_URL, require_redis
+from tests.livedaphne import LiveCluster, LiveDaphne, live_cluster, live_socket
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT = 15
+TOKENS = 300
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
+    require_redis()
+    env = {"REDIS_URL": REDIS_URL, "AGENTAPP_DEMO": "0", "AGENTAPP_OFFLINE_TPS": "300"}
+    with live_cluster(tmp_path_factory.mktemp("sse-cluster"), 2, env) as live:
+        yield live
+    for server in live.servers:
+        output = server.output()
+        assert "Traceback" not in output and " ERROR " not in output, output
+
+
+@asynccontextmanager
+async def http_client(server: LiveDaphne, session_key: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A logged-in client holding the CSRF cookie, sending the token and the site's Origin with every request."""
+    async with httpx.AsyncClient(base_url=server.url, cookies={"sessionid": session_key}, timeout=TIMEOUT) as client:
+        (await client.get("/api/conversations/")).raise_for_status()
+        client.headers.update({"X-CSRFToken": client.cookies["csrftoken"], "Origin": server.url})
+        yield client
+
+
+async def events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The frames of an event stream as they arrive."""
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if line.startswith("data: "):
+            data.append(line[len("data: ") :])
+        elif line == "" and data:
+            yield json.loads("\n".join(data))
+            data = []
+
+
+async def until_finished(stream: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
+    frames = []
+    async for frame in stream:
+        frames.append(frame)
+        if frame["type"] == "run_finished":
+            break
+    return frames
+
+
+@pytest.mark.asyncio
+async def test_post_on_one_process_is_watched_on_the_other(cluster: LiveCluster) -> None:
+    seeded = cluster.seed(["ada"], owner="ada")
+    session, conversation = seeded["users"]["ada"]["session"], seeded["conversation"]
+    first, second = cluster.servers
+    async with (
+        http_client(first, session) as asker,
+        http_client(second, session) as watcher,
+        watcher.stream("GET", f"/sse/{conversation}/") as watching,
+    ):
+        watched = events(watching)
+        assert (await anext(watched))["type"] == "conversation"
+        body = {"type": "prompt", "prompt": "Calculate 2+2"}
+        async with asker.stream("POST", f"/sse/{conversation}/", json=body) as answer:
+            answered = [frame async for frame in events(answer)]  # the POST stream ends with its run
+        seen = await until_finished(watched)
+    assert answered[0]["type"] == "conversation" and answered[-1]["status"] == "completed"
+    run = answered[1:]
+    assert [f["seq"] for f in run] == list(range(len(run)))
+    assert seen[-1]["run_id"] == run[0]["run_id"] and seen[-1]["status"] == "completed"
+    assert "".join(f["data"] for f in seen if f["type"] == "data") == "2+2 = 4."
+    results = [f["tool_result"]["content"] for f in seen if f["type"] == "tool_result"]
+    assert results == [[{"text": "4"}]]
+
+
+@pytest.mark.asyncio
+async def test_hanging_up_cancels_the_run(cluster: LiveCluster) -> None:
+    seeded = cluster.seed(["bob"], owner="bob")
+    session, conversation = seeded["users"]["bob"]["session"], seeded["conversation"]
+    first, second = cluster.servers
+    async with live_socket(second, f"/ws/agent/{conversation}/", session) as watcher:
+        await watcher.hello()
+        async with http_client(first, session) as asker:
+            body = {"type": "prompt", "prompt": f"Stream {TOKENS} tokens"}
+            async with asker.stream("POST", f"/sse/{conversation}/", json=body) as answer:
+                async for frame in events(answer):
+                    if frame["type"] == "data":
+                        break  # leave mid-run: the connection closes
+        finished = (await watcher.until_finished())[-1]
+    assert finished["status"] == "cancelled"
