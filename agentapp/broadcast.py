@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ CANCEL_MESSAGE_TYPE = "agentapp.cancel"  # to the group: stop the conversation's
 SYNC_MESSAGE_TYPE = "agentapp.sync"  # to the origin or the group: send me a run's frames after ``after``
 REPLAY_MESSAGE_TYPE = "agentapp.replay"  # to one channel: a chunk of the frames asked for
 ACCESS_MESSAGE_TYPE = "agentapp.access"  # to the group: a user's role changed (None: removed)
+PRESENCE_MESSAGE_TYPE = "agentapp.presence"  # to the group or one channel: a connection joined, is here, left
 REJOINED_MESSAGE_TYPE = "agentapp.rejoined"  # never sent: a consumer tells itself it is back in its group
 
 
@@ -103,6 +105,27 @@ async def layer_call(call: Awaitable[Any], action: str) -> bool:
         return False
     layer_health.worked()
     return True
+
+
+# channels_redis backup cleaners already watched (see watch_receive_cleaners).
+_watched_cleaners: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
+def watch_receive_cleaners(layer: Any) -> None:
+    """Count failures of the tasks ``RedisChannelLayer.receive`` leaves behind as layer failures.
+
+    Each received message starts a task that removes it from a backup queue, and nobody awaits it: when Redis
+    goes away under one, asyncio would log "Task exception was never retrieved" with a traceback, per message.
+    """
+    for cleaner in list(getattr(layer, "receive_cleaners", ())):
+        if cleaner not in _watched_cleaners:
+            _watched_cleaners.add(cleaner)
+            cleaner.add_done_callback(_cleaner_done)
+
+
+def _cleaner_done(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        layer_health.failed("receive cleanup", exc)
 
 
 ### Sending ###

@@ -52,6 +52,8 @@ DEFAULTS: dict[str, Any] = {
     "SOCKET_QUEUE_FRAMES": 1000,
     # Wall-clock limit of one run, in seconds; a run over it is stopped and ends ``failed``.
     "RUN_TIME_LIMIT_SECONDS": 600,
+    # Seconds between a process's presence heartbeats; a process silent for 2.5 of them is no longer counted.
+    "PRESENCE_HEARTBEAT_SECONDS": 30,
     # Seconds between keep-alive comments on an idle Server-Sent Events stream (proxies close silent ones).
     "SSE_KEEPALIVE_SECONDS": 15,
     # Names of tools whose every call waits for a human's approval (besides tools marked ``requires_approval``).

@@ -25,6 +25,7 @@ from .approvals import StaleApprovalState, restore_state
 from .broadcast import (
     CANCEL_MESSAGE_TYPE,
     FRAME_MESSAGE_TYPE,
+    PRESENCE_MESSAGE_TYPE,
     REJOINED_MESSAGE_TYPE,
     REPLAY_MESSAGE_TYPE,
     SYNC_MESSAGE_TYPE,
@@ -35,9 +36,11 @@ from .broadcast import (
     group_name,
     layer_call,
     layer_health,
+    watch_receive_cleaners,
 )
 from .conf import app_settings
 from .history import load_messages
+from .presence import Presence, wants_presence
 from .recorder import ConversationBusy, cancel_approval, pending_approval, run_in_progress
 from .runner import AgentRun
 
@@ -59,6 +62,7 @@ _DB_FREE_MESSAGES = {
     SYNC_MESSAGE_TYPE: "agentapp_sync",
     CANCEL_MESSAGE_TYPE: "agentapp_cancel",
     RESOLVED_MESSAGE_TYPE: "agentapp_resolved",
+    PRESENCE_MESSAGE_TYPE: "agentapp_presence",
 }
 _SEQ_RE = re.compile(r"^-?\d{1,16}$")
 
@@ -146,6 +150,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
     follower: Follower | None = None
     # The conversation frame, held back while the replay of the run in progress is awaited.
     pending_hello: dict[str, Any] | None = None
+    # Counts the connections open on the conversation (agentapp.presence); None until access is granted.
+    presence: Presence | None = None
 
     ### Connection ###
 
@@ -204,6 +210,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
         except protocol.ProtocolError as error:
             resume = None
             refused.append(protocol.error_frame(self.conversation_id, error.code, error.message))
+        # Started with no await before the conversation frame is sent or held below, so its frames come after it.
+        self.presence = Presence(
+            self.channel_layer,
+            self.group,
+            self.channel_name,
+            self.conversation_id,
+            (lambda frame: self._deliver([frame])) if wants_presence(self.scope) else None,
+        )
+        self.presence.start()
         if active_id is None or self.channel_layer is None:
             await self._deliver([hello, *refused])
             if resume is not None:
@@ -243,6 +258,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
             self.outbox.stop()
         for task in getattr(self, "tasks", ()):
             task.cancel()
+        if self.presence is not None:
+            await self.presence.stop()
         if app_settings.RUNS_CONTINUE_ON_DISCONNECT and self.run_task is not None and not self.run_task.done():
             # The run goes on without this socket (its frames still reach the group); process_runs keeps it.
             self.cancel_requested = False
@@ -280,9 +297,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def _receive_from_layer(self) -> dict[str, Any]:
         try:
-            return await self._layer_receive()
+            message = await self._layer_receive()
         except Exception as exc:
             layer_health.failed("receive", exc)
+        else:
+            watch_receive_cleaners(self.channel_layer)
+            return message
         # The layer may have lost this connection's group (a Redis restart does): join again until it works.
         while True:
             await asyncio.sleep(app_settings.BROADCAST_RETRY_SECONDS)
@@ -303,6 +323,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if active is not None and not self.running:
             self.follower.expect_replay(active["run_id"])
         await self._request_replays()
+        if self.presence is not None:
+            await self.presence.announce()  # peers that joined meanwhile, or dropped this one, answer
 
     ### Client frames ###
 
@@ -523,6 +545,11 @@ class AgentConsumer(AsyncWebsocketConsumer):
         """A wait for approval ended without a new run (another connection cancelled it)."""
         if message.get("origin") != self.channel_name:
             await self._deliver([message["frame"]])
+
+    async def agentapp_presence(self, message: dict[str, Any]) -> None:
+        """Another connection to the conversation joined, is still here, or left."""
+        if self.presence is not None:
+            await self.presence.receive(message)
 
     async def agentapp_access(self, message: dict[str, Any]) -> None:
         """The owner changed a user's role; this connection follows if it is that user's."""

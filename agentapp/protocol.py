@@ -42,6 +42,8 @@ ERROR = "error"
 # A tool call waits for a human's approval (inside the run); the wait ended without a new run (outside any run).
 INTERRUPT = "interrupt"
 INTERRUPT_RESOLVED = "interrupt_resolved"
+# How many connections are open on the conversation (outside any run; only to clients that ask for it).
+PRESENCE = "presence"
 
 # Client frames.
 CLIENT_PROMPT = "prompt"

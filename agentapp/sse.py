@@ -192,7 +192,10 @@ async def stream(request: HttpRequest, conversation_id: uuid.UUID | None = None)
 
 
 async def watch(request: HttpRequest, conversation_id: str) -> HttpResponse:
-    """Every frame of the conversation, live; ``Last-Event-ID`` (or ``?last_event_id=``) resumes a run after it."""
+    """Every frame of the conversation, live; ``Last-Event-ID`` (or ``?last_event_id=``) resumes a run after it.
+
+    ``?presence=1`` adds the ``presence`` frames, as on the WebSocket; the stream counts as a watcher either way.
+    """
     last = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id") or ""
     query: dict[str, str] = {}
     if last:
@@ -200,6 +203,8 @@ async def watch(request: HttpRequest, conversation_id: str) -> HttpResponse:
         if point is None:
             return error(400, protocol.ERR_INVALID_RESUME, "Last-Event-ID must be an id this stream sent.")
         query = {"resume": point[0], "seq": str(point[1])}
+    if request.GET.get("presence") in ("1", "true"):
+        query["presence"] = "1"
     socket, hello = await _connect(request, conversation_id, query)
     if socket is None:
         return hello

@@ -9,6 +9,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.views.decorators.csrf import ensure_csrf_cookie
 
 from .access import is_authenticated, may_open
 from .conf import app_settings
@@ -40,6 +41,7 @@ def requested_conversation(value: str, user: Any, session_key: str | None) -> Co
     return conversation
 
 
+@ensure_csrf_cookie  # the share panel sends the token with its members API requests
 def chat(request: HttpRequest) -> HttpResponse:
     """The chat page; anonymous visitors get a session in demo mode, a login redirect otherwise."""
     if not request.user.is_authenticated:

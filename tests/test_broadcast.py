@@ -269,3 +269,35 @@ async def test_a_hanging_layer_never_holds_up_the_run(fast_retries):
     assert text_of(log.frames_after(-1)) == "".join(f"w{seq} " for seq in range(10))
     await asyncio.wait_for(broadcaster._task, timeout=5)  # gives up after RUN_LOG_KEEP_SECONDS
     assert layer.sent == []
+
+
+@pytest.mark.asyncio
+async def test_failed_receive_cleaners_count_as_layer_failures_without_a_traceback() -> None:
+    import gc
+
+    import redis
+
+    class Layer:
+        receive_cleaners: list[asyncio.Task[None]]
+
+    async def cleanup() -> None:
+        raise redis.ConnectionError("Connection closed by server.")
+
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    broadcast.layer_health.failing, broadcast.layer_health.failures = False, 0
+    try:
+        layer = Layer()
+        layer.receive_cleaners = [asyncio.ensure_future(cleanup())]
+        broadcast.watch_receive_cleaners(layer)
+        broadcast.watch_receive_cleaners(layer)  # a second look adds no second callback
+        await asyncio.wait(layer.receive_cleaners)
+        await asyncio.sleep(0)  # done callbacks run on the next loop iteration
+        assert broadcast.layer_health.failures == 1 and broadcast.layer_health.failing
+        layer.receive_cleaners.clear()
+        gc.collect()
+        assert unhandled == []
+    finally:
+        loop.set_exception_handler(None)
+        broadcast.layer_health.failing, broadcast.layer_health.failures = False, 0

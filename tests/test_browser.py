@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, WebSocketRoute, expect, sync_playwright
 
-from tests.livedaphne import ROOT, LiveDaphne, live_daphne
+from tests.livedaphne import ROOT, LiveCluster, LiveDaphne, live_cluster, live_daphne
 
 pytestmark = pytest.mark.slow
 
@@ -298,7 +298,7 @@ def test_dropped_socket_reconnects_to_the_same_conversation(server: LiveDaphne, 
     # Back online, the page re-renders the stored history: a run from history has no live status.
     expect(tab.last_run().locator(".run-status")).to_be_empty(timeout=RUN_TIMEOUT_MS)
     expect(tab.page.locator("#connection")).to_have_attribute("data-state", "open")
-    assert [url.split("/ws/agent/", 1)[1] for url in relay.urls] == ["", f"{conversation_id}/"]
+    assert [url.split("/ws/agent/", 1)[1] for url in relay.urls] == ["?presence=1", f"{conversation_id}/?presence=1"]
     expect(tab.last_run().locator(".message.assistant")).to_have_text("2+2 = 4.")
 
     # A real error frame from the server is shown: a cancel with no run in progress.
@@ -324,6 +324,90 @@ def test_conversation_links_open_only_for_their_owner(server: LiveDaphne, new_ta
     stranger.open(server.url)
     # Its list holds only the conversation it just opened, not the owner's titled one.
     expect(stranger.page.locator("#conversations a")).to_have_text(["New conversation"])
+
+
+def test_every_browser_on_a_conversation_shows_how_many_watch(server: LiveDaphne, new_tab) -> None:
+    first = new_tab().open(server.url)
+    expect(first.page.locator("#watchers")).to_have_text("1 watching")
+    second = new_tab(cookies_from=first).open(first.page.url)  # the same anonymous session, another browser
+    for tab in (first, second):
+        expect(tab.page.locator("#watchers")).to_have_text("2 watching")
+    second.page.close()
+    expect(first.page.locator("#watchers")).to_have_text("1 watching")
+
+    # A demo conversation belongs to a session, not a user: its owner is told it cannot be shared.
+    first.page.locator("#share-toggle").click()
+    expect(first.page.locator("#share-note")).to_contain_text("cannot be shared")
+    expect(first.page.locator("#share-add")).to_be_disabled()
+    expect(first.page.locator("#share-username")).to_be_disabled()
+
+
+### Sharing between logged-in users ###
+
+
+@pytest.fixture(scope="module")
+def accounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
+    """The example site without demo mode, on a database the test can seed with users and their sessions."""
+    env = {"AGENTAPP_OFFLINE_TPS": str(TOKENS_PER_SECOND), "AGENTAPP_DEMO": "0"}
+    with live_cluster(tmp_path_factory.mktemp("live_accounts"), 1, env) as live:
+        yield live
+    output = live.servers[0].output()
+    assert [line for line in output.splitlines() if "Traceback" in line or " ERROR " in line] == [], output
+
+
+def signed_in(new_tab, server: LiveDaphne, session_key: str) -> Tab:
+    """A tab in a browser logged in with this session."""
+    tab = new_tab()
+    tab.context.add_cookies([{"name": "sessionid", "value": session_key, "url": server.url}])
+    return tab
+
+
+def test_the_owner_shares_a_conversation_from_the_page(accounts: LiveCluster, new_tab) -> None:
+    users = accounts.seed(["ada", "vera"])["users"]
+    server = accounts.servers[0]
+    owner = signed_in(new_tab, server, users["ada"]["session"]).open(server.url)
+    expect(owner.page).to_have_url(re.compile(r"\?c=[0-9a-f-]{36}$"))
+    panel = owner.page.locator("#share-panel")
+    owner.page.locator("#share-toggle").click()
+    expect(panel.locator("#share-members")).to_have_text("Not shared with anyone yet.")
+
+    panel.locator("#share-username").fill("nobody")
+    panel.locator("#share-add").click()
+    expect(panel.locator("#share-status")).to_have_text("No user has this username.")
+    expect(panel.locator("#share-status")).to_have_class(re.compile(r"\berror\b"))
+    panel.locator("#share-username").fill("vera")
+    panel.locator("#share-role").select_option("viewer")
+    panel.locator("#share-add").click()
+    expect(panel.locator("#share-status")).to_have_text("Shared with vera as viewer.")
+    vera_row = panel.locator('.share-member[data-username="vera"]')
+    expect(vera_row.locator(".share-name")).to_have_text("vera")
+    expect(vera_row.locator(".share-member-role")).to_have_value("viewer")
+
+    # Vera opens the link as a viewer: she watches the owner's run, and may not prompt or share.
+    viewer = signed_in(new_tab, server, users["vera"]["session"])
+    response = viewer.page.goto(owner.page.url)
+    assert response is not None and response.status == 200
+    expect(viewer.page.locator("#connection")).to_have_attribute("data-state", "open")
+    expect(viewer.page.locator("#send")).to_be_disabled()
+    expect(viewer.page.locator("#prompt")).to_be_disabled()
+    expect(viewer.page.locator("#share-toggle")).to_be_hidden()
+    for tab in (owner, viewer):
+        expect(tab.page.locator("#watchers")).to_have_text("2 watching")
+    owner.ask("Calculate 2+2")
+    expect(viewer.last_run().locator(".message.assistant")).to_have_text("2+2 = 4.", timeout=RUN_TIMEOUT_MS)
+    expect(viewer.last_run().locator(".run-status")).to_have_text("completed", timeout=RUN_TIMEOUT_MS)
+    expect(viewer.page.locator("#send")).to_be_disabled()
+
+    # Made a member, she may prompt once she reopens it; removed, her page is disconnected.
+    vera_row.locator(".share-member-role").select_option("member")
+    expect(panel.locator("#share-status")).to_have_text("Shared with vera as member.")
+    viewer.open(owner.page.url)
+    expect(viewer.page.locator("#share-toggle")).to_be_hidden()
+    vera_row.locator(".share-remove").click()
+    expect(panel.locator("#share-status")).to_have_text("vera no longer has access.")
+    expect(panel.locator("#share-members")).to_have_text("Not shared with anyone yet.")
+    expect(viewer.page.locator("#connection")).to_have_attribute("data-state", "refused")
+    expect(owner.page.locator("#watchers")).to_have_text("1 watching")
 
 
 ### Human approval ###

@@ -98,3 +98,20 @@ async def test_watchers_on_both_processes_see_the_same_run(cluster: LiveCluster)
                 assert text(frames) == text(prompted)
                 assert frames[-1]["status"] == "completed"
     assert "445" in text(prompted)
+
+
+@pytest.mark.asyncio
+async def test_a_watcher_counts_the_connections_on_the_other_process(cluster: LiveCluster) -> None:
+    seeded = cluster.seed(["cy", "dee"], owner="cy", members={"dee": "viewer"})
+    users, path = seeded["users"], f"/ws/agent/{seeded['conversation']}/?presence=1"
+    first, second = cluster.servers
+
+    async with live_socket(second, path, users["dee"]["session"]) as watcher:
+        await watcher.hello()
+        assert (await watcher.receive())["watchers"] == 1
+        async with live_socket(first, path, users["cy"]["session"]) as owner:
+            await owner.hello()
+            assert (await owner.receive())["watchers"] == 2  # the watcher on the other process answered its join
+            frame = await watcher.receive()
+            assert frame == {"type": "presence", "conversation_id": seeded["conversation"], "watchers": 2}
+        assert (await watcher.receive())["watchers"] == 1  # its goodbye crossed processes too

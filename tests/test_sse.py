@@ -289,6 +289,29 @@ async def test_idle_stream_sends_keep_alive_comments(settings, ada) -> None:
     await reader.close()
 
 
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_watchers_are_counted_and_may_ask_for_presence(layer, ada) -> None:
+    conversation = await Conversation.objects.acreate(owner=ada)
+    client = await logged_in(ada)
+    counting = EventReader(await client.get(f"/sse/{conversation.pk}/?presence=1"))
+    await counting.frame()
+    assert (await counting.frame())["watchers"] == 1
+    socket = Client(f"/ws/agent/{conversation.pk}/", user=ada)
+    await socket.hello()
+    assert (await counting.frame())["watchers"] == 2
+    plain = EventReader(await client.get(f"/sse/{conversation.pk}/"))
+    await plain.frame()
+    assert (await counting.frame())["watchers"] == 3
+    await plain.close()
+    await socket.close()
+    counts = [(await counting.frame())["watchers"]]
+    while counts[-1] != 1:  # the two goodbyes may come as one change or two
+        counts.append((await counting.frame())["watchers"])
+    assert counts in ([1], [2, 1]), counts
+    await counting.close()
+
+
 ### Who may do what ###
 
 

@@ -5,6 +5,7 @@
  * Model and tool output is only ever inserted as text (textContent / text nodes), never parsed as HTML.
  */
 import { AgentSocket, websocketUrl } from "./agentapp.js";
+import { SharePanel } from "./share.js";
 
 const root = document.getElementById("agentapp");
 const transcript = document.getElementById("transcript");
@@ -15,13 +16,18 @@ const stopButton = document.getElementById("stop");
 const connection = document.getElementById("connection");
 const titleElement = document.getElementById("conversation-title");
 const conversationList = document.getElementById("conversations");
+const watchersElement = document.getElementById("watchers");
+const sharePanel = new SharePanel(root);
 
 const websocketPath = root.dataset.websocketPath || "/ws/agent/";
 const UNTITLED = "New conversation";
 const TITLE_CHARS = 80; // the server titles a conversation with the first 80 characters of its first prompt
+const PROMPT_PLACEHOLDER = promptInput.placeholder;
+const VIEWER_PLACEHOLDER = "You can watch this conversation; its owner and members prompt.";
 
 let conversationId = root.dataset.conversationId || null;
 let conversationTitle = "";
+let role = null; // this connection's role from the conversation frame: "owner", "member" or "viewer"
 let ready = false; // the conversation frame arrived on the current connection
 let pendingPrompt = false; // a prompt was sent and neither run_started nor an error came back yet
 let stopping = false;
@@ -271,6 +277,7 @@ function renderHistoryMessage(message) {
 
 function onConversation(frame) {
   conversationId = frame.conversation_id;
+  role = frame.role || null;
   ready = true;
   pendingPrompt = false;
   stopping = false;
@@ -292,8 +299,21 @@ function onConversation(frame) {
     url.searchParams.set("c", conversationId);
     window.history.replaceState(null, "", url);
   }
-  socket.retarget(websocketUrl(`${websocketPath}${conversationId}/`));
+  socket.retarget(socketUrl(conversationId));
   markCurrentInList();
+  sharePanel.update(conversationId, role);
+  promptInput.disabled = role === "viewer";
+  promptInput.placeholder = role === "viewer" ? VIEWER_PLACEHOLDER : PROMPT_PLACEHOLDER;
+}
+
+/** The socket URL of a conversation (a new one without an id), asking for presence frames. */
+function socketUrl(id) {
+  return websocketUrl(`${websocketPath}${id ? `${encodeURIComponent(id)}/` : ""}?presence=1`);
+}
+
+function showWatchers(count) {
+  watchersElement.textContent = `${count} watching`;
+  watchersElement.hidden = false;
 }
 
 // ---- Sidebar and title ----
@@ -432,6 +452,8 @@ function onFrame(frame) {
     onRunFrame(frame);
   } else if (frame.type === "interrupt_resolved") {
     approvalResolved(frame.run_id, frame.outcome);
+  } else if (frame.type === "presence") {
+    showWatchers(frame.watchers);
   } else if (frame.type === "error") {
     showError(frame);
   }
@@ -460,12 +482,14 @@ function onState(state, detail) {
     stopping = false;
     for (const runId of activeRuns) runs.get(runId)?.setStatus("connection lost");
     activeRuns.clear();
+    watchersElement.hidden = true; // unknown until the next connection counts again
   }
   updateControls();
 }
 
 function updateControls() {
-  const usable = ready && socket.isOpen;
+  // A viewer only watches: the server would answer its prompt, cancel or approval with read_only.
+  const usable = ready && socket.isOpen && role !== "viewer";
   sendButton.disabled = !usable || pendingPrompt || activeRuns.size > 0 || pendingApproval !== null;
   // Stop also ends a wait for approval (the tool calls get an error result).
   stopButton.disabled = !usable || stopping || (activeRuns.size === 0 && pendingApproval === null);
@@ -499,4 +523,4 @@ stopButton.addEventListener("click", () => {
 
 socket.onFrame(onFrame);
 socket.onState(onState);
-socket.connect(websocketUrl(conversationId ? `${websocketPath}${conversationId}/` : websocketPath));
+socket.connect(socketUrl(conversationId));
