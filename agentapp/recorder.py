@@ -279,7 +279,10 @@ class RunRecorder:
     def seed(self, message: Mapping[str, Any]) -> None:
         """Know an already stored message (the paused tool call a resume answers) without writing it again."""
         self.messages.append(dict(message))
-        now = time.monotonic()
+        self._note_tool_uses(message, time.monotonic())
+
+    def _note_tool_uses(self, message: Mapping[str, Any], now: float) -> None:
+        """Remember each tool call of an assistant message, to name and time its result."""
         for block in message.get("content") or []:
             if isinstance(block, Mapping) and isinstance(block.get("toolUse"), Mapping):
                 tool_use = block["toolUse"]
@@ -310,14 +313,7 @@ class RunRecorder:
         self.pending_text = []
         now = time.monotonic()
         if message.get("role") == "assistant":
-            for block in message.get("content") or []:
-                if isinstance(block, Mapping) and isinstance(block.get("toolUse"), Mapping):
-                    tool_use = block["toolUse"]
-                    self.tool_calls[str(tool_use.get("toolUseId", ""))] = {
-                        "name": str(tool_use.get("name", "")),
-                        "input": tool_use.get("input", {}),
-                        "started": now,
-                    }
+            self._note_tool_uses(message, now)
         for result in tool_results_in(message):
             call = self.tool_calls.get(str(result.get("toolUseId", "")))
             if call is not None and "started" in call:

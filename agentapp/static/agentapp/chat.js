@@ -6,6 +6,7 @@
  */
 import { AgentSocket, websocketUrl } from "./agentapp.js";
 import { SharePanel } from "./share.js";
+import { node } from "./dom.js";
 
 const root = document.getElementById("agentapp");
 const transcript = document.getElementById("transcript");
@@ -37,14 +38,6 @@ let pendingApproval = null; // { runId, interrupts } while a tool call waits for
 let answering = false; // an interrupt_response was sent and no run or error came back yet
 
 // ---- DOM helpers ----
-
-/** A new element with an optional class and text content (set as text, never as HTML). */
-function node(tag, className, text) {
-  const element = document.createElement(tag);
-  if (className) element.className = className;
-  if (text !== undefined) element.textContent = text;
-  return element;
-}
 
 /** The readable text of content items: text as is, anything else as JSON. */
 function contentText(content) {

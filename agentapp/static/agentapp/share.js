@@ -5,16 +5,10 @@
  * then says so and its form stays disabled. Usernames and server messages are inserted as text, never as HTML.
  */
 
+import { node } from "./dom.js";
+
 const ROLES = ["member", "viewer"];
 const ANONYMOUS_NOTE = "Demo conversations belong to this browser session and cannot be shared. Log in to share.";
-
-/** A new element with an optional class and text content (set as text, never as HTML). */
-function node(tag, className, text) {
-  const element = document.createElement(tag);
-  if (className) element.className = className;
-  if (text !== undefined) element.textContent = text;
-  return element;
-}
 
 /** The value of a cookie, or "" when it is not set. */
 function cookie(name) {
