@@ -50,3 +50,14 @@ def decode(raw: str) -> dict[str, Any]:
     frame = json.loads(raw)
     assert isinstance(frame, dict), raw
     return frame
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_worker_thread_connections(django_db_setup: Any, django_db_blocker: Any) -> Any:
+    """Close the connection async tests left open in asgiref's worker thread, so the test database can be dropped."""
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
