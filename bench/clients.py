@@ -169,6 +169,9 @@ async def agentapp_stream(
                     timing.arrivals.append(now)
             elif kind == "error":
                 timing.error = f"{frame.get('code')}: {frame.get('message')}"
+                if not frame.get("run_id"):
+                    timing.status = "refused"  # an error outside a run: the prompt was not accepted
+                    break
             elif kind == "run_finished":
                 timing.status = str(frame.get("status"))
                 break

@@ -3,12 +3,15 @@
 ``python bench/hotspots.py --server agentapp --runs 20`` starts the server, attaches ``py-spy record`` to it
 while a client streams ``--runs`` 2,000-token answers (or ``--prompt Hello`` answers), then prints the
 functions with the largest self and inclusive share of samples. Needs ``pip install py-spy``.
+``--server fanout-core --watchers 1000`` (or ``fanout-pubsub``) profiles both processes of benchmark 5 while
+one run streams to the watchers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -16,16 +19,19 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+
+import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 # Run as a script, Python puts bench/ first on the path; the repo root goes there instead, so that bench's
 # modules are imported as ``bench.*`` and never shadow a top-level module.
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 
-from bench import clients  # noqa: E402
+from bench import clients, fanout  # noqa: E402
 from bench.baseline import STREAM_PROMPT  # noqa: E402
-from bench.servers import BIN, BenchError, ServerPool  # noqa: E402
+from bench.servers import BIN, HOST, BenchError, ServerPool  # noqa: E402
 
 RUN_TIMEOUT = 60.0
 SPY_START_SECONDS = 1.0
@@ -93,11 +99,61 @@ def summarize(collapsed: Path, top: int) -> str:
     return "\n".join(lines)
 
 
+def _record(spy: str, pid: int, out: Path, rate: int) -> subprocess.Popen[bytes]:
+    argv = [spy, "record", "--format", "raw", "--threads", "--rate", str(rate), "-o", str(out), "-p", str(pid)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _stop(recorder: subprocess.Popen[bytes]) -> None:
+    recorder.send_signal(signal.SIGINT)
+    try:
+        recorder.wait(timeout=SPY_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        recorder.kill()
+        recorder.wait(timeout=SPY_STOP_TIMEOUT)
+
+
+def profile_fanout(spy: str, layer: str, watchers: int, rate: int, top: int, workdir: Path) -> None:
+    """Benchmark 5 once, with py-spy on both server processes from the prompt until every watcher is done."""
+    outs = [ROOT / "artifacts" / f"profile-fanout-{layer}-{index}.collapsed" for index in (1, 2)]
+
+    @contextlib.contextmanager
+    def spying() -> Iterator[None]:
+        recorders = [_record(spy, server.pid, out, rate) for server, out in zip(servers, outs, strict=True)]
+        try:
+            time.sleep(SPY_START_SECONDS)  # py-spy needs a moment to attach before the load starts
+            yield
+        finally:
+            for recorder in recorders:
+                _stop(recorder)
+
+    with ServerPool(workdir) as pool:
+        (redis_server,) = pool.get("redis-fanout")
+        servers = pool.get(f"agentapp-fanout-{layer}-1", f"agentapp-fanout-{layer}-2")
+        client = redis.Redis(host=HOST, port=redis_server.port, socket_timeout=10)
+        fanout.raise_open_files(2 * watchers + 1024)
+        try:
+            item = asyncio.run(fanout.measure_one(servers, client, layer, watchers, spying))
+        finally:
+            client.close()
+    print(
+        f"{layer} layer, M={watchers}: p50/p99 {item['latency_p50_ms']:.1f}/{item['latency_p99_ms']:.1f} ms, "
+        f"{item['finished']}/{watchers} finished, {item['errors']} errors; server CPU "
+        f"{'/'.join(f'{value:.1f}' for value in item['server_cpu_s'])} s in {item['elapsed_s']:.2f} s"
+    )
+    for index, out in enumerate(outs, 1):
+        print(f"\n=== process {index} ({'origin' if index == 1 else 'watchers only'}): stacks in {out}")
+        print(summarize(out, top))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--server", choices=["bare", "agentapp", "agentapp-redis", "agentapp-paced"], default="agentapp"
+        "--server",
+        choices=["bare", "agentapp", "agentapp-redis", "agentapp-paced", "fanout-core", "fanout-pubsub"],
+        default="agentapp",
     )
+    parser.add_argument("--watchers", type=int, default=1000, help="fan-out only: sockets watching the run")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--concurrent", type=int, default=1, help="conversations streaming at once (agentapp only)")
     parser.add_argument("--prompt", default=STREAM_PROMPT)
@@ -108,6 +164,12 @@ def main() -> int:
     if spy is None:
         raise BenchError("py-spy is not installed: .venv/bin/pip install py-spy")
     workdir = Path(tempfile.mkdtemp(prefix="agentapp-profile-"))
+    if args.server.startswith("fanout-"):
+        try:
+            profile_fanout(spy, args.server.removeprefix("fanout-"), args.watchers, args.rate, args.top, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 0
     out = ROOT / "artifacts" / f"profile-{args.server}.collapsed"
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -110,6 +110,32 @@ def concurrency_rows(result: dict[str, Any], command: str) -> list[Row]:
     return rows
 
 
+def fanout_rows(result: dict[str, Any], command: str) -> list[Row]:
+    rows = []
+    for item in result["results"]:
+        top = ", ".join(f"{name} {calls:,}" for name, calls in list(item["redis_by_command"].items())[:4])
+        cpu = "/".join(_num(value, 1) for value in item["server_cpu_s"])
+        p50s, p99s = item["latency_p50_by_server_ms"], item["latency_p99_by_server_ms"]
+        text = (
+            f"{item['finished']}/{item['m']} watchers got run_finished, {item['errors']} errors, "
+            f"{item['missing_frames']} frames missing; delivery latency p50/p99/max "
+            f"{_num(item['latency_p50_ms'], 1)}/{_num(item['latency_p99_ms'], 1)}/{_num(item['latency_max_ms'], 1)} ms "
+            f"(watchers on process 1: {_num(p50s[0], 1)}/{_num(p99s[0], 1)} ms, on 2: "
+            f"{_num(p50s[-1], 1)}/{_num(p99s[-1], 1)} ms) "
+            f"over {item['samples']:,} frames (origin {item['origin_frames']} frames, a watcher median "
+            f"{item['watcher_frames_median']}); Redis {item['redis_calls']:,} calls per run ({top}; "
+            f"{_num(item['redis_usec'] / 1000, 1)} ms in Redis; "
+            f"idle {_num(item['redis_idle_calls_per_s'], 1)} calls/s); "
+            f"answer done for all in {_num(item['elapsed_s'], 2)} s (ideal {_num(item['ideal_s'], 1)} s); "
+            f"CPU servers 1/2 {cpu} s, client {_num(item['client_cpu_s'], 1)} s; "
+            f"{item['m']:,} watchers connected in {_num(item['connect_s'], 1)} s, servers quiet after "
+            f"{_num(item['settle_s'], 1)} s more"
+        )
+        case = f"{item['layer']} layer, M={item['m']:,} [servers `{item['servers'][0]}`, `{item['servers'][1]}`]"
+        rows.append(Row("5. fan-out, 2 processes, 50 tok/s, 200 tokens", case, text, command))
+    return rows
+
+
 ### Targets ###
 
 
@@ -151,6 +177,28 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 out.append((target, shown, NOT_MEASURED))
             else:
                 out.append((target, NOT_MEASURED, NOT_MEASURED))
+
+    fanout = results.get("fanout")
+    fanned = fanout.get("results", []) if fanout and "error" not in fanout else []
+    for layer in sorted({item["layer"] for item in fanned}) or ["core", "pubsub"]:
+        target = f"Fan-out to 1,000 watchers over two processes with p99 under 100 ms ({layer} layer)"
+        ours = [item for item in fanned if item["layer"] == layer]
+        at_scale = next((item for item in ours if item["m"] >= 1000), None)
+        largest = max(ours, key=lambda item: item["m"], default=None)
+
+        def shown(item: dict[str, Any]) -> str:
+            return (
+                f"p99 {_num(item['latency_p99_ms'], 1)} ms at M={item['m']:,}, "
+                f"{item['finished']}/{item['m']} finished, {item['errors']} errors"
+            )
+
+        if at_scale is not None:
+            ok = at_scale["latency_p99_ms"] < 100 and at_scale["errors"] == 0
+            out.append((target, shown(at_scale), _status(ok)))
+        elif largest is not None:
+            out.append((target, f"{NOT_MEASURED} at M=1,000; {shown(largest)}", NOT_MEASURED))
+        else:
+            out.append((target, NOT_MEASURED, NOT_MEASURED))
 
     writes = results.get("writes")
     if writes:

@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # modules are imported as ``bench.*`` and never shadow a top-level module.
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 
-from bench import concurrency, report, streaming, ttft, writes  # noqa: E402
+from bench import concurrency, fanout, report, streaming, ttft, writes  # noqa: E402
 from bench.servers import POSTGRES_URL, REDIS_URL, ServerPool, fresh_postgres  # noqa: E402
 
-BENCHMARKS = ("writes", "stream", "ttft", "concurrency")
+BENCHMARKS = ("writes", "stream", "ttft", "concurrency", "fanout")
 PACKAGES = (
     "strands-agents", "Django", "channels", "channels-redis", "daphne", "Twisted", "autobahn",
     "uvicorn", "fastapi", "starlette", "websockets", "httpx", "psycopg", "redis", "psutil",
@@ -51,12 +51,32 @@ class Mode:
     ttft_runs: int
     concurrency: tuple[int, ...]
     layers: tuple[str, ...]
+    fanout: tuple[int, ...]
+    fanout_layers: tuple[str, ...]
     out: Path
 
 
 MODES = {
-    "quick": Mode(2, 1, 20, (10,), ("memory", "redis"), ROOT / "artifacts" / "benchmarks-quick.md"),
-    "full": Mode(15, 5, 200, (10, 100, 1000), ("memory", "redis"), ROOT / "docs" / "benchmarks.md"),
+    "quick": Mode(
+        stream_runs=2,
+        writes_runs=1,
+        ttft_runs=20,
+        concurrency=(10,),
+        layers=("memory", "redis"),
+        fanout=(10,),
+        fanout_layers=("core", "pubsub"),
+        out=ROOT / "artifacts" / "benchmarks-quick.md",
+    ),
+    "full": Mode(
+        stream_runs=15,
+        writes_runs=5,
+        ttft_runs=200,
+        concurrency=(10, 100, 1000),
+        layers=("memory", "redis"),
+        fanout=(10, 100, 1000),
+        fanout_layers=("core", "pubsub"),
+        out=ROOT / "docs" / "benchmarks.md",
+    ),
 }
 
 
@@ -131,6 +151,7 @@ def run_all(mode_name: str, only: list[str], workdir: Path) -> tuple[dict[str, A
         "concurrency": lambda pool: asyncio.run(
             concurrency.measure(pool, list(mode.layers), list(mode.concurrency), log)
         ),
+        "fanout": lambda pool: asyncio.run(fanout.measure(pool, list(mode.fanout_layers), list(mode.fanout), log)),
     }
     with ServerPool(workdir) as pool:
         for name in only:
@@ -163,6 +184,8 @@ def smoke_failures(results: dict[str, Any]) -> list[str]:
     problems += [f"ttft: {error}" for error in results.get("ttft", {}).get("errors", [])]
     for item in results.get("concurrency", {}).get("results", []):
         problems += [f"concurrency {item['layer']} N={item['n']}: {error}" for error in item["error_samples"]]
+    for item in results.get("fanout", {}).get("results", []):
+        problems += [f"fanout {item['layer']} M={item['m']}: {error}" for error in item["error_samples"]]
     return problems
 
 
@@ -174,9 +197,10 @@ def render(record: dict[str, Any], out: Path) -> list[tuple[str, str, str]]:
         "writes": report.writes_rows,
         "ttft": report.ttft_rows,
         "concurrency": report.concurrency_rows,
+        "fanout": report.fanout_rows,
     }
     rows: list[report.Row] = []
-    for name, build in builders.items():  # table order: benchmark 1, 2, 3, 4
+    for name, build in builders.items():  # table order: benchmark 1, 2, 3, 4, 5
         if name in results:
             rows += build(results[name], report.command_for(mode, name))
     goals = report.targets(results)

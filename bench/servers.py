@@ -25,8 +25,19 @@ STOP_TIMEOUT = 10.0
 MIGRATE_TIMEOUT = 180.0
 REDIS_URL = "redis://127.0.0.1:6379/2"
 POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/agentapp_bench"
+# The database both fan-out processes share (dropped and recreated once per harness run).
+FANOUT_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/agentapp_bench_fanout"
+# AGENTAPP_CHANNEL_LAYER values of project/settings.py: channels_redis's core and pub/sub layers.
+FANOUT_LAYERS = ("core", "pubsub")
 # Inherited variables that would change what a server does; each server sets its own.
-_SCRUBBED = ("DATABASE_URL", "REDIS_URL", "AGENTAPP_CHANNEL_LAYER", "AGENTAPP_OFFLINE_TPS", "AGENTAPP_DEMO")
+_SCRUBBED = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "AGENTAPP_CHANNEL_LAYER",
+    "AGENTAPP_OFFLINE_TPS",
+    "AGENTAPP_DEMO",
+    "AGENTAPP_MAX_CONCURRENT_RUNS",
+)
 
 
 class BenchError(RuntimeError):
@@ -111,6 +122,8 @@ class Server:
     log: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # Text shown differently by command() (another server's port, say), as {text: shown instead}.
+    placeholders: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -126,7 +139,10 @@ class Server:
         shown = {key: value for key, value in self.env.items() if key not in ("PYTHONUNBUFFERED",)}
         words = [f"{key}={value}" for key, value in shown.items()]
         words += [Path(self.argv[0]).name, *self.argv[1:]]
-        return " ".join(words).replace(str(self.port), "<port>")
+        shown_text = " ".join(words)
+        for text, placeholder in self.placeholders.items():
+            shown_text = shown_text.replace(text, placeholder)
+        return shown_text.replace(str(self.port), "<port>")
 
     def start(self) -> None:
         """Launch the process with its output going to the log file."""
@@ -173,6 +189,16 @@ def daphne(name: str, app: str, env: Mapping[str, str], workdir: Path) -> Server
     return Server(name, argv, dict(env), workdir / f"{name}.log", port=port)
 
 
+def redis_server(name: str, workdir: Path) -> Server:
+    """A Redis server of the harness's own (no persistence), so that its command statistics count only us."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BenchError("redis-server is not installed; the fan-out benchmark starts a Redis of its own")
+    port = free_port()
+    argv = [binary, "--bind", HOST, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    return Server(name, argv, {}, workdir / f"{name}.log", port=port)
+
+
 def uvicorn(name: str, app: str, workdir: Path) -> Server:
     """A uvicorn server (one process, no access log) for the ASGI application at ``app``."""
     port = free_port()
@@ -187,6 +213,7 @@ class ServerPool:
         self.workdir = workdir
         self.servers: dict[str, Server] = {}
         self._template: Path | None = None
+        self._fanout_database: str | None = None
 
     def __enter__(self) -> ServerPool:
         return self
@@ -233,11 +260,36 @@ class ServerPool:
             env = {"DATABASE_URL": self.sqlite_url(name), "REDIS_URL": REDIS_URL, **agentapp_env}
             return daphne(name, "project.asgi:application", env, self.workdir)
         if name.startswith("agentapp-paced-"):  # agentapp-paced-<memory|redis>-<n>
-            env = {"DATABASE_URL": self.sqlite_url(name), **agentapp_env, "AGENTAPP_OFFLINE_TPS": "50"}
+            # Capacity is what is measured: the per-process limit on runs (100 by default) is lifted.
+            env = {
+                "DATABASE_URL": self.sqlite_url(name),
+                **agentapp_env,
+                "AGENTAPP_OFFLINE_TPS": "50",
+                "AGENTAPP_MAX_CONCURRENT_RUNS": "0",
+            }
             if name.startswith("agentapp-paced-redis"):
                 require_redis()
                 env["REDIS_URL"] = REDIS_URL
             return daphne(name, "project.asgi:application", env, self.workdir)
+        if name == "redis-fanout":
+            return redis_server(name, self.workdir)
+        if name.startswith("agentapp-fanout-"):  # agentapp-fanout-<core|pubsub>-<1|2>: one cluster per layer
+            layer = name.split("-")[2]
+            if layer not in FANOUT_LAYERS:
+                raise BenchError(f"no channel layer {layer!r} (one of {', '.join(FANOUT_LAYERS)})")
+            if self._fanout_database is None:
+                self._fanout_database = fresh_postgres(FANOUT_POSTGRES_URL)
+            (redis,) = self.get("redis-fanout")
+            env = {
+                "DATABASE_URL": self._fanout_database,
+                **agentapp_env,
+                "AGENTAPP_OFFLINE_TPS": "50",
+                "REDIS_URL": f"redis://{HOST}:{redis.port}/0",
+                "AGENTAPP_CHANNEL_LAYER": layer,
+            }
+            server = daphne(name, "project.asgi:application", env, self.workdir)
+            server.placeholders[f":{redis.port}/"] = ":<redis-port>/"
+            return server
         raise BenchError(f"no server named {name!r}")
 
     def get(self, *names: str) -> list[Server]:

@@ -85,6 +85,8 @@ AGENTAPP = {
     # Demo mode lets a newcomer chat without an account; keep it off in production.
     "ALLOW_ANONYMOUS": os.environ.get("AGENTAPP_DEMO", "1" if DEBUG else "0") == "1",
 }
+if os.environ.get("AGENTAPP_MAX_CONCURRENT_RUNS"):
+    AGENTAPP["MAX_CONCURRENT_RUNS"] = int(os.environ["AGENTAPP_MAX_CONCURRENT_RUNS"])
 if os.environ.get("BEDROCK_MODEL_ID"):
     AGENTAPP["BEDROCK_MODEL_ID"] = os.environ["BEDROCK_MODEL_ID"]
 if os.environ.get("AWS_REGION"):
