@@ -197,12 +197,7 @@ def main() -> int:
                 time.sleep(SPY_START_SECONDS)  # py-spy needs a moment to attach before the load starts
                 elapsed = asyncio.run(_drive(args.server, server.url, args.prompt, args.runs, args.concurrent))
             finally:
-                recorder.send_signal(signal.SIGINT)
-                try:
-                    recorder.wait(timeout=SPY_STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    recorder.kill()
-                    recorder.wait(timeout=SPY_STOP_TIMEOUT)
+                _stop(recorder)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     answers = args.runs * (args.concurrent if args.server != "bare" else 1)
