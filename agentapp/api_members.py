@@ -14,13 +14,9 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 
 from . import protocol
 from .access import OWNER, is_authenticated, role_of
+from .api_conversations import error
 from .models import Conversation
 from .sharing import SharingError, member_entry, members_of, share, unshare
-
-
-def error(status: int, code: str, message: str) -> JsonResponse:
-    """An error answer with an HTTP status."""
-    return JsonResponse({"error": code, "message": message}, status=status)
 
 
 def owned_conversation(request: HttpRequest, conversation_id: Any) -> Conversation | JsonResponse:

@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from . import protocol
 from .access import is_authenticated, may_prompt
+from .api_conversations import error
 from .conf import app_settings
 from .consumers import AgentConsumer
 from .loopback import LoopbackSocket
@@ -66,11 +67,6 @@ def parse_event_id(value: str) -> tuple[str, int] | None:
 
 
 ### Requests ###
-
-
-def error(status: int, code: str, message: str) -> JsonResponse:
-    """An error answer before any stream starts: ``{"error": code, "message": text}``."""
-    return JsonResponse({"error": code, "message": message}, status=status)
 
 
 async def _scope(request: HttpRequest, conversation_id: Any, query: dict[str, str]) -> dict[str, Any]:
@@ -203,8 +199,8 @@ async def watch(request: HttpRequest, conversation_id: str) -> HttpResponse:
         if point is None:
             return error(400, protocol.ERR_INVALID_RESUME, "Last-Event-ID must be an id this stream sent.")
         query = {"resume": point[0], "seq": str(point[1])}
-    if request.GET.get("presence") in ("1", "true"):
-        query["presence"] = "1"
+    if "presence" in request.GET:
+        query["presence"] = request.GET["presence"]  # the consumer decides, as for a socket's own URL
     socket, hello = await _connect(request, conversation_id, query)
     if socket is None:
         return hello
