@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -135,24 +135,43 @@ _lingering: set[asyncio.Task[None]] = set()
 
 
 class GroupBroadcaster:
-    """Sends one run's frames to the conversation group from a background task, logging each as sent."""
+    """Sends one run's frames to the conversation group from a background task, logging each as sent.
+
+    ``watched()``, when given, tells whether any connection but the origin may follow the run: while it says
+    no, merged frames are only logged, not sent, so a run nobody else watches costs the layer nothing. A
+    connection that comes later asks for the run's frames from the log (and counts as watching from then on).
+    """
 
     def __init__(
-        self, channel_layer: Any, group: str, origin: str, window_seconds: float, log: RunLog | None = None
+        self,
+        channel_layer: Any,
+        group: str,
+        origin: str,
+        window_seconds: float,
+        log: RunLog | None = None,
+        watched: Callable[[], bool] | None = None,
     ) -> None:
         self.channel_layer = channel_layer
         self.group = group
         self.origin = origin
         self.window_seconds = window_seconds
         self.log = log
+        self.watched = watched
         self.sends = 0
+        self.unsent = 0  # merged frames only logged, since nobody else watched
         self.failures = 0
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._settled = asyncio.Event()
+        self._holding = False  # frames taken from the queue wait out the window, not logged yet
         self._task = asyncio.create_task(self._run(), name=f"agentapp-broadcast-{group}")
 
     def publish(self, frame: dict[str, Any]) -> None:
-        """Queue a frame for the group; never blocks."""
+        """Queue a frame for the group; never blocks. Unwatched, with nothing queued before it, it is only logged."""
+        quiet = self.log is not None and self.watched is not None and not self._holding and self._queue.empty()
+        if quiet and not self.watched():
+            self.log.append(frame)
+            self.unsent += 1
+            return
         self._queue.put_nowait(frame)
 
     async def close(self) -> None:
@@ -195,7 +214,9 @@ class GroupBroadcaster:
                     only_deltas = bool(batch) and all(f is not None and f["type"] == protocol.DATA for f in batch)
                     wait = self.window_seconds - (time.monotonic() - last_send)
                     if only_deltas and wait > 0 and not pending:
+                        self._holding = True
                         await asyncio.sleep(wait)
+                        self._holding = False
                         self._take_ready(batch)
                     if None in batch:
                         closing_deadline = time.monotonic() + app_settings.RUN_LOG_KEEP_SECONDS
@@ -224,6 +245,10 @@ class GroupBroadcaster:
 
     async def _flush(self, pending: list[dict[str, Any]]) -> bool:
         """Send pending frames in order; stop at the first failure, keeping it and the rest."""
+        if self.watched is not None and not self.watched():
+            self.unsent += len(pending)
+            pending.clear()
+            return True
         while pending:
             message = {"type": FRAME_MESSAGE_TYPE, "frame": pending[0], "origin": self.origin}
             if not await layer_call(self.channel_layer.group_send(self.group, message), "group_send"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -41,7 +42,7 @@ from .broadcast import (
 from .conf import app_settings
 from .history import load_messages
 from .presence import Presence, wants_presence
-from .recorder import ConversationBusy, cancel_approval, pending_approval, run_in_progress
+from .recorder import AgentUnavailable, ConversationBusy, cancel_approval, pending_approval, run_in_progress
 from .runner import AgentRun
 
 logger = logging.getLogger(__name__)
@@ -76,11 +77,16 @@ _BUSY_MESSAGES = {
 
 
 class Outbox:
-    """Messages waiting to be written to one socket, written in order by one task.
+    """Frames waiting to be written to one socket, encoded and written in order by one task.
+
+    A text delta queued right behind another of the same run (the writer has not caught up: the event loop
+    is busy, or the client reads slowly) joins it, as the group broadcast merges deltas: the frame then
+    covers ``seq_first``..``seq``. An idle socket gets each delta in a frame of its own, at once.
 
     ASGI gives no backpressure of its own: under a server whose ``send`` waits for the client (uvicorn,
     hypercorn, ``WebsocketCommunicator`` with a bounded queue) a client that stops reading makes this
-    queue grow, and past ``limit`` messages ``put`` refuses and the socket is closed as a slow consumer.
+    queue grow, and once ``limit`` frames (merged ones counted for each frame in them) wait, ``put`` refuses
+    and the socket is closed as a slow consumer.
     """
 
     def __init__(self, write: Callable[[dict[str, Any]], Awaitable[None]], limit: int) -> None:
@@ -88,30 +94,47 @@ class Outbox:
         self.limit = limit
         self.overflowed = False
         self.closed = False
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # (frames carried, wire frame to encode) or (0, ASGI message to pass as it is, from ``finish``).
+        self._queue: deque[tuple[int, dict[str, Any]]] = deque()
+        self._ready = asyncio.Event()
+        self.backlog = 0  # frames put and not yet written
         self.task = asyncio.create_task(self._drain(), name="agentapp-outbox")
 
-    @property
-    def backlog(self) -> int:
-        """Messages not yet written."""
-        return self._queue.qsize()
-
-    def put(self, message: dict[str, Any]) -> bool:
-        """Queue an ASGI message; False once closed or ``limit`` messages behind (then ``overflowed`` is set)."""
+    def put(self, frame: dict[str, Any]) -> bool:
+        """Queue a frame; False once closed or ``limit`` frames behind (then ``overflowed`` is set)."""
         if self.closed or self.overflowed:
             return False
-        if self._queue.qsize() >= self.limit:
+        if self.backlog >= self.limit:
             self.overflowed = True
             return False
-        self._queue.put_nowait(message)
+        self.backlog += 1
+        if not (self._queue and self._merge_into_last(frame)):
+            self._queue.append((1, frame))
+            self._ready.set()
+        return True
+
+    def _merge_into_last(self, frame: dict[str, Any]) -> bool:
+        """Append a text delta to the last entry when that is the same run's previous delta, still unwritten."""
+        count, last = self._queue[-1]
+        if not (
+            count
+            and frame["type"] == last["type"] == protocol.DATA
+            and frame.get("run_id") == last.get("run_id")
+            and frame.get("seq_first", frame["seq"]) == last["seq"] + 1
+        ):
+            return False
+        merged = {**last, protocol.DATA: last[protocol.DATA] + frame[protocol.DATA], "seq": frame["seq"]}
+        merged["seq_first"] = last.get("seq_first", last["seq"])
+        self._queue[-1] = (count + 1, merged)
         return True
 
     def finish(self, messages: list[dict[str, Any]], drop_waiting: bool = False) -> None:
-        """Queue these last messages whatever the limit (ending with a close), optionally dropping those waiting."""
-        while drop_waiting and not self._queue.empty():
-            self._queue.get_nowait()
-        for message in messages:
-            self._queue.put_nowait(message)
+        """Queue these last ASGI messages whatever the limit (ending with a close), maybe dropping those waiting."""
+        if drop_waiting:
+            self._queue.clear()
+            self.backlog = 0
+        self._queue.extend((0, message) for message in messages)
+        self._ready.set()
         self.closed = True
 
     def stop(self) -> None:
@@ -121,7 +144,14 @@ class Outbox:
 
     async def _drain(self) -> None:
         while True:
-            message = await self._queue.get()
+            if not self._queue:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            count, message = self._queue.popleft()
+            self.backlog -= count
+            if count:
+                message = {"type": "websocket.send", "text": protocol.encode_frame(message)}
             try:
                 await self._write(message)
             except Exception:
@@ -454,29 +484,21 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     ### The run ###
 
+    def _prepare_agent(self, resume: dict[str, Any] | None) -> Any:
+        """The connection's agent (built on its first prompt) with the stored history; runs in the database thread."""
+        history = load_messages(self.conversation_id)
+        if self.agent is None:
+            self.agent = build_agent(self.conversation, self.user, history)
+        else:
+            self.agent.messages = history
+        # A resume continues from the paused run's saved interrupt state; a prompt starts from none.
+        restore_state(self.agent, resume["state"] if resume else None)
+        return self.agent
+
     async def _run(self, prompt: str, previous: asyncio.Task[None] | None, resume: dict[str, Any] | None) -> None:
         if previous is not None:
             await asyncio.wait([previous])  # the last run may still be flushing its group broadcast
         user_id = self.user.pk if is_authenticated(self.user) else None
-        try:
-            history = await database_sync_to_async(load_messages)(self.conversation_id)
-            if self.agent is None:
-                self.agent = await database_sync_to_async(build_agent)(self.conversation, self.user, history)
-            else:
-                self.agent.messages = history
-            # A resume continues from the paused run's saved interrupt state; a prompt starts from none.
-            restore_state(self.agent, resume["state"] if resume else None)
-        except StaleApprovalState:
-            logger.warning("agentapp: the approval state of %s no longer fits its history", self.conversation_id)
-            self.running = False
-            await database_sync_to_async(cancel_approval)(self.conversation_id, "agentapp")
-            await self.send_error(protocol.ERR_RUN_FAILED, "The pending approval no longer fits the conversation.")
-            return
-        except Exception:
-            logger.exception("agentapp: could not build the agent for %s", self.conversation_id)
-            self.running = False
-            await self.send_error(protocol.ERR_RUN_FAILED, "The agent could not be started.")
-            return
         broadcaster: GroupBroadcaster | None = None
         log: runlog.RunLog | None = None
 
@@ -495,6 +517,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             resume_of=resume["run_id"] if resume else None,
             responses=resume["responses"] if resume else None,
             runs_per_minute=app_settings.RUNS_PER_USER_PER_MINUTE,
+            prepare=lambda: self._prepare_agent(resume),
         )
         if self.channel_layer is not None:
             # The log exists before the run's row does, so a connection that sees the row can get a replay.
@@ -505,6 +528,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 self.channel_name,
                 app_settings.BROADCAST_WINDOW_SECONDS,
                 log=log,
+                watched=lambda: self._watched(log),
             )
         self.active_run = run
         runs_here.setdefault(self.conversation_id, run)
@@ -517,6 +541,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
             started = False
             self.running = False
             await self.send_error(busy.code, _BUSY_MESSAGES.get(busy.code, _BUSY_MESSAGES[protocol.ERR_BUSY]))
+        except AgentUnavailable as unavailable:
+            started = False
+            self.running = False
+            await self._agent_unavailable(unavailable.__cause__)
         finally:
             if runs_here.get(self.conversation_id) is run:
                 del runs_here[self.conversation_id]
@@ -525,6 +553,21 @@ class AgentConsumer(AsyncWebsocketConsumer):
             if broadcaster is not None:
                 await broadcaster.close()
                 runlog.retire(run.run_id, app_settings.RUN_LOG_KEEP_SECONDS if started else 0)
+
+    def _watched(self, log: runlog.RunLog) -> bool:
+        """Whether a connection besides this one may follow its run: others are counted, or one asked for a replay."""
+        view = self.presence.view if self.presence is not None else None
+        return log.followed or view is None or view.watchers > 1
+
+    async def _agent_unavailable(self, cause: BaseException | None) -> None:
+        """Tell the client why its prompt did not start: the agent could not be built or given its history."""
+        if isinstance(cause, StaleApprovalState):
+            logger.warning("agentapp: the approval state of %s no longer fits its history", self.conversation_id)
+            await database_sync_to_async(cancel_approval)(self.conversation_id, "agentapp")
+            await self.send_error(protocol.ERR_RUN_FAILED, "The pending approval no longer fits the conversation.")
+            return
+        logger.error("agentapp: could not build the agent for %s", self.conversation_id, exc_info=cause)
+        await self.send_error(protocol.ERR_RUN_FAILED, "The agent could not be started.")
 
     ### Group messages ###
 
@@ -569,7 +612,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         for request in self.follower.take_requests():
             log = self._local_log(request.run_id)
             if log is not None:
-                await self._replayed(request.run_id, request.sync_id, log.frames_after(request.after))
+                await self._replayed(request.run_id, request.sync_id, log.replay(request.after))
             else:
                 await self._send_sync(request)
 
@@ -613,7 +656,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         log = runlog.get(message["run_id"])
         if log is None or message["reply_to"] == self.channel_name or not log.claim(message["sync_id"]):
             return
-        chunks = runlog.replay_chunks(log.frames_after(message["after"]))
+        chunks = runlog.replay_chunks(log.replay(message["after"]))
         for index, frames in enumerate(chunks):
             reply = {
                 "type": REPLAY_MESSAGE_TYPE,
@@ -680,7 +723,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if outbox is None:
             await self.send(text_data=protocol.encode_frame(frame))
             return
-        if outbox.put({"type": "websocket.send", "text": protocol.encode_frame(frame)}):
+        if outbox.put(frame):
             if outbox.backlog > outbox.limit // 2:
                 await asyncio.sleep(0)  # let the writer task run before a burst of frames fills the queue
             return

@@ -51,6 +51,10 @@ class RateLimited(ConversationBusy):
     code = "rate_limited"
 
 
+class AgentUnavailable(Exception):
+    """The agent could not be made ready for a run (its factory or its history failed); ``__cause__`` says why."""
+
+
 RATE_WINDOW_SECONDS = 60
 CANCELLED_APPROVAL_TEXT = "Not run: the run was cancelled while this tool call waited for approval."
 
@@ -76,19 +80,22 @@ def create_run(
     anything else NoPendingApproval. A user past ``runs_per_minute`` prompts (0: no limit) gets RateLimited.
     """
     with transaction.atomic():
-        Conversation.objects.select_for_update().filter(pk=conversation_id).first()
-        running = Run.objects.filter(conversation_id=conversation_id, status=Run.Status.RUNNING)
+        titles = Conversation.objects.select_for_update().filter(pk=conversation_id).values_list("title", flat=True)
+        untitled = titles.first() == ""
+        open_runs = list(
+            Run.objects.filter(
+                conversation_id=conversation_id, status__in=[Run.Status.RUNNING, Run.Status.AWAITING_APPROVAL]
+            ).values_list("id", "status", "started_at")
+        )
         stale_before = timezone.now() - timedelta(seconds=stale_after_seconds)
-        running.filter(started_at__lt=stale_before).update(
-            status=Run.Status.INTERRUPTED, error="Abandoned: its server stopped.", finished_at=timezone.now()
-        )
-        if running.exists():
+        running = [(pk, started) for pk, status, started in open_runs if status == Run.Status.RUNNING]
+        if stale := [pk for pk, started in running if started < stale_before]:
+            Run.objects.filter(pk__in=stale).update(
+                status=Run.Status.INTERRUPTED, error="Abandoned: its server stopped.", finished_at=timezone.now()
+            )
+        if len(stale) < len(running):
             raise ConversationBusy(str(conversation_id))
-        paused = (
-            Run.objects.filter(conversation_id=conversation_id, status=Run.Status.AWAITING_APPROVAL)
-            .values_list("id", flat=True)
-            .first()
-        )
+        paused = next((pk for pk, status, _ in open_runs if status == Run.Status.AWAITING_APPROVAL), None)
         if resume_of is None and paused is not None:
             raise AwaitingApproval(str(conversation_id))
         if resume_of is not None and (paused is None or str(paused) != str(resume_of)):
@@ -114,7 +121,8 @@ def create_run(
             role=Message.Role.USER,
             content=[{"text": prompt}],
         )
-        Conversation.objects.filter(pk=conversation_id, title="").update(title=prompt[:TITLE_CHARS])
+        if untitled:
+            Conversation.objects.filter(pk=conversation_id, title="").update(title=prompt[:TITLE_CHARS])
     return position + 1
 
 
@@ -262,19 +270,33 @@ class RunRecorder:
         self._started_at = time.monotonic()
         self.failed_writes = 0
 
-    async def start(self, stale_after_seconds: float) -> None:
-        """Write the Run and its prompt, then start the writer task (raises ConversationBusy)."""
-        self._position = await database_sync_to_async(create_run)(
-            self.conversation_id,
-            self.run_id,
-            self.user_id,
-            self.prompt,
-            stale_after_seconds,
-            self.resume_of,
-            self.decisions,
-            self.runs_per_minute,
-        )
+    async def start(self, stale_after_seconds: float, prepare: Callable[[], Any] | None = None) -> Any:
+        """Write the Run and its prompt, then start the writer task; return what ``prepare`` returned.
+
+        ``prepare`` runs first, in the same hop to the database thread. Raises ConversationBusy, or
+        AgentUnavailable when ``prepare`` failed (no run is written then).
+        """
+
+        def begin() -> tuple[Any, int]:
+            try:
+                prepared = prepare() if prepare is not None else None
+            except Exception as exc:
+                raise AgentUnavailable(str(exc)) from exc
+            position = create_run(
+                self.conversation_id,
+                self.run_id,
+                self.user_id,
+                self.prompt,
+                stale_after_seconds,
+                self.resume_of,
+                self.decisions,
+                self.runs_per_minute,
+            )
+            return prepared, position
+
+        prepared, self._position = await database_sync_to_async(begin)()
         self._writer = asyncio.create_task(self._drain(), name=f"agentapp-recorder-{self.run_id}")
+        return prepared
 
     def seed(self, message: Mapping[str, Any]) -> None:
         """Know an already stored message (the paused tool call a resume answers) without writing it again."""
@@ -330,9 +352,21 @@ class RunRecorder:
         )
 
     async def _drain(self) -> None:
-        while (job := await self._queue.get()) is not None:
+        """Run the queued writes in order, all those waiting in one hop to the database thread."""
+        while True:
+            jobs = [await self._queue.get()]
+            while not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+            writes = [job for job in jobs if job is not None]
+            if writes:
+                await database_sync_to_async(self._write_all)(writes)
+            if len(writes) < len(jobs):
+                return
+
+    def _write_all(self, writes: list[Callable[[], None]]) -> None:
+        for write in writes:
             try:
-                await database_sync_to_async(job)()
+                write()
             except Exception:
                 self.failed_writes += 1
                 logger.exception("agentapp: could not save a message of run %s", self.run_id)

@@ -38,6 +38,8 @@ class RunLog:
         # seq inside a merged frame (the origin's own socket saw every delta) starts exactly after that delta.
         self._text_at: dict[int, int] = {}
         self._text_total = 0
+        # Set once a connection other than the origin asked for the run's frames: from then on it has an audience.
+        self.followed = False
 
     def note_sent(self, frame: dict[str, Any]) -> None:
         """Note a frame as the origin connection sent it, unmerged (only text lengths are kept)."""
@@ -84,6 +86,11 @@ class RunLog:
                 frame = self.cut(frame, seq) or dict(frame, data=frame[protocol.DATA][chars:], seq_first=seq + 1)
             selected.append(dict(frame))
         return selected
+
+    def replay(self, after: int) -> list[dict[str, Any]]:
+        """The frames past ``after`` for a connection that follows the run, which then counts as watched."""
+        self.followed = True
+        return self.frames_after(after)
 
     def cut(self, frame: dict[str, Any], seq: int) -> dict[str, Any] | None:
         """The part of a (merged) ``data`` frame past ``seq``, or None when this log cannot tell where it is."""

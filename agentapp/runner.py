@@ -47,9 +47,13 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
 
 @dataclass
 class AgentRun:
-    """A prompt sent to an agent, streamed to ``emit`` frame by frame and saved by a recorder."""
+    """A prompt sent to an agent, streamed to ``emit`` frame by frame and saved by a recorder.
 
-    agent: Agent
+    ``prepare``, when given, returns the agent to run (built, or given the stored history) and is called in the
+    database thread in the hop that writes the run; ``agent`` may then be None until it has run.
+    """
+
+    agent: Agent | None
     prompt: str
     conversation_id: str
     emit: Emit
@@ -61,6 +65,7 @@ class AgentRun:
     resume_of: str | None = None
     responses: dict[str, dict[str, str]] | None = None
     runs_per_minute: int = 0
+    prepare: Callable[[], Agent] | None = None
 
     def __post_init__(self) -> None:
         self.frames = protocol.RunFrames(self.conversation_id, self.run_id)
@@ -86,8 +91,10 @@ class AgentRun:
         await self.emit(self.frames.frame(payload))
 
     async def execute(self, time_limit: float) -> str:
-        """Run to the end and return the final status; raises only ConversationBusy, before starting."""
-        await self.recorder.start(stale_after_seconds=time_limit)
+        """Run to the end and return the final status; raises only ConversationBusy or AgentUnavailable, first."""
+        prepared = await self.recorder.start(stale_after_seconds=time_limit, prepare=self.prepare)
+        if prepared is not None:
+            self.agent = prepared
         started: dict[str, Any] = {"type": protocol.RUN_STARTED, "prompt": self.prompt}
         prompt: Any
         if self.resume_of is not None:

@@ -15,10 +15,10 @@ STREAM_TOKENS = 2000
 HELLO_PROMPT = "Hello"
 
 
-def build_agent(tokens_per_second: float = 0) -> Agent:
-    """A fresh agent with the offline model (no delay by default), built as agentapp's default factory does."""
+def build_agent(tokens_per_second: float = 0, model_class: type[OfflineModel] = OfflineModel) -> Agent:
+    """A fresh agent with the offline model or ``model_class`` (no delay by default), as agentapp's default factory."""
     return Agent(
-        model=OfflineModel(tokens_per_second=tokens_per_second),
+        model=model_class(tokens_per_second=tokens_per_second),
         tools=list(DEFAULT_TOOLS),
         system_prompt=DEFAULTS["SYSTEM_PROMPT"],
         callback_handler=None,

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from strands import Agent
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.baseline import build_agent
@@ -25,7 +26,11 @@ CONNECT_TIMEOUT = 30.0
 
 @dataclass
 class Timing:
-    """One answer as a client saw it: seconds from the prompt to the end and to the first text, and what came."""
+    """One answer as a client saw it: seconds from the prompt to the end and to the first text, and what came.
+
+    ``arrivals`` holds one receive time (``time.perf_counter``) per token, ``delays`` one emit-to-receive time
+    in seconds per token of a stamped server (see ``bench/stamped.py``).
+    """
 
     elapsed: float = 0.0
     first_token: float | None = None
@@ -34,6 +39,7 @@ class Timing:
     status: str = ""
     error: str = ""
     arrivals: list[float] = field(default_factory=list)
+    delays: list[float] = field(default_factory=list)
 
     @property
     def tokens_per_second(self) -> float:
@@ -43,18 +49,21 @@ class Timing:
 ### (a) in process ###
 
 
-async def in_process(prompt: str, timeout: float) -> Timing:
-    """Iterate ``stream_async`` of a fresh agent; the clock starts at the call, after the agent is built."""
-    agent = build_agent()
+async def in_process(prompt: str, timeout: float, agent: Agent | None = None, keep_arrivals: bool = False) -> Timing:
+    """Iterate ``stream_async`` of a fresh agent (built here unless given); the clock starts at the call."""
+    agent = build_agent() if agent is None else agent
     timing = Timing(status="completed")
     async with asyncio.timeout(timeout):
         start = time.perf_counter()
         async for event in agent.stream_async(prompt):
             if "data" in event:
+                now = time.perf_counter()
                 if timing.first_token is None:
-                    timing.first_token = time.perf_counter() - start
+                    timing.first_token = now - start
                 timing.tokens += 1
                 timing.chars += len(event["data"])
+                if keep_arrivals:
+                    timing.arrivals.append(now)
         timing.elapsed = time.perf_counter() - start
     return timing
 
@@ -146,27 +155,56 @@ async def open_conversation(base_url: str, cookie: str) -> ClientConnection:
     return socket
 
 
+def carried(frame: dict[str, Any]) -> int:
+    """Text deltas a ``data`` frame carries: a merged frame covers ``seq_first``..``seq`` (one delta without them)."""
+    seq = frame.get("seq")
+    if not isinstance(seq, int):
+        return 1
+    first = frame.get("seq_first", seq)
+    return seq - first + 1 if isinstance(first, int) else 1
+
+
+def emit_stamps(text: str) -> list[float]:
+    """The emit times a stamped server wrote as the text of a ``data`` frame, one per delta."""
+    try:
+        return [float(word) for word in text.split()]
+    except ValueError:
+        raise ValueError(f"data {text[:40]!r} is not emit stamps; is the server on bench.settings_stamped?") from None
+
+
 async def agentapp_stream(
-    socket: ClientConnection, prompt: str, timeout: float, keep_arrivals: bool = False, stop_at_first: bool = False
+    socket: ClientConnection,
+    prompt: str,
+    timeout: float,
+    keep_arrivals: bool = False,
+    stop_at_first: bool = False,
+    stamped: bool = False,
 ) -> Timing:
-    """Send a prompt frame and count ``data`` frames until ``run_finished`` (or until the first, if asked)."""
+    """Send a prompt frame and count the tokens of ``data`` frames until ``run_finished`` (or the first frame).
+
+    ``stamped``: the text is emit stamps (``bench/stamped.py``); each token's emit-to-receive time is kept.
+    """
     timing = Timing()
     async with asyncio.timeout(timeout):
         start = time.perf_counter()
         await socket.send(json.dumps({"type": "prompt", "prompt": prompt}))
         for _ in range(MAX_FRAMES):
-            frame: dict[str, Any] = json.loads(await socket.recv())
+            raw = await socket.recv()
+            now, received = time.perf_counter(), time.monotonic()
+            frame: dict[str, Any] = json.loads(raw)
             kind = frame.get("type")
             if kind == "data":
-                now = time.perf_counter()
                 if timing.first_token is None:
                     timing.first_token = now - start
                     if stop_at_first:
                         break
-                timing.tokens += 1
+                tokens = carried(frame)
+                timing.tokens += tokens
                 timing.chars += len(frame["data"])
                 if keep_arrivals:
-                    timing.arrivals.append(now)
+                    timing.arrivals.extend([now] * tokens)
+                if stamped:
+                    timing.delays.extend(received - emitted for emitted in emit_stamps(frame["data"]))
             elif kind == "error":
                 timing.error = f"{frame.get('code')}: {frame.get('message')}"
                 if not frame.get("run_id"):

@@ -1,10 +1,12 @@
 """Benchmark 4: N paced conversations at once on one daphne process (offline model at 50 tokens/s).
 
-Each N gets a freshly started server, so its memory readings are not inflated by an earlier N. Reported:
-inter-frame gaps against the ideal 20 ms; lateness, a proxy for added latency: the k-th token's arrival
-minus when an unhindered model would have produced it (prompt sent + (k+1) x 20 ms), so it includes the
-time to start the run; time to the first token; throughput; errors; and server RSS with 0 and N idle
-sockets and while streaming.
+Each N gets a freshly started server, so its memory readings are not inflated by an earlier N. The server's
+model writes each token's emit time as its text (``bench/stamped.py``), so the headline is the added latency
+of each token, model emit to client receive. Also reported: inter-token gaps against the ideal 20 ms;
+lateness, the k-th token's arrival minus when an unhindered model would have produced it (prompt sent +
+(k+1) x 20 ms), which includes starting the run and the model's own slowdown; time to the first token;
+throughput; errors; server RSS with 0 and N idle sockets and while streaming. Before the servers of each N,
+baseline (a) runs N plain agents at once in the harness process, for the lateness Strands alone has.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import clients
+from bench.baseline import HELLO_PROMPT, build_agent
 from bench.cpu import CpuMeter
 from bench.servers import ServerPool
 from bench.stats import percentile
@@ -55,6 +58,7 @@ async def _sample_rss(meter: CpuMeter, samples: list[int], stop: asyncio.Event, 
 
 
 def _lateness_and_gaps(timings: list[clients.Timing]) -> tuple[list[float], list[float]]:
+    """Gaps between consecutive tokens and each token's lateness against the ideal schedule, over all timings."""
     interval = 1 / TOKENS_PER_SECOND
     gaps: list[float] = []
     lateness: list[float] = []
@@ -66,6 +70,57 @@ def _lateness_and_gaps(timings: list[clients.Timing]) -> tuple[list[float], list
         gaps.extend(later - earlier for earlier, later in itertools.pairwise(arrivals))
         lateness.extend(arrival - sent - (index + 1) * interval for index, arrival in enumerate(arrivals))
     return gaps, lateness
+
+
+def _outcomes(outcomes: list[Any], stamped: bool) -> tuple[list[clients.Timing], list[str]]:
+    """The answers that came back, and what went wrong: exceptions, bad statuses, token or stamp counts."""
+    timings = [outcome for outcome in outcomes if isinstance(outcome, clients.Timing)]
+    errors = [f"stream: {type(item).__name__}: {item}" for item in outcomes if isinstance(item, BaseException)]
+    for timing in timings:
+        if timing.status != "completed" or timing.tokens != TOKENS:
+            errors.append(f"run: status {timing.status!r}, {timing.tokens} tokens {timing.error}".strip())
+        elif stamped and len(timing.delays) != TOKENS:
+            errors.append(f"run: {len(timing.delays)} emit stamps for {TOKENS} tokens")
+    return timings, errors
+
+
+def _stream_figures(timings: list[clients.Timing]) -> dict[str, Any]:
+    """Completed answers, and p50/p99 in ms of lateness and of the time to the first token."""
+    _, lateness = _lateness_and_gaps(timings)
+    firsts = [timing.first_token for timing in timings if timing.first_token is not None]
+    return {
+        "completed": sum(1 for timing in timings if timing.status == "completed" and timing.tokens == TOKENS),
+        "first_token_p50_ms": percentile(firsts, 50) * 1000,
+        "first_token_p99_ms": percentile(firsts, 99) * 1000,
+        "lateness_p50_ms": percentile(lateness, 50) * 1000,
+        "lateness_p99_ms": percentile(lateness, 99) * 1000,
+    }
+
+
+async def measure_baseline(n: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Baseline (a): N fresh agents with the same paced model and prompt, iterated at once in this process."""
+    await clients.in_process(HELLO_PROMPT, 30)  # warm-up, as each server gets one
+    agents = [build_agent(TOKENS_PER_SECOND) for _ in range(n)]
+    meter = CpuMeter()
+    cpu_before = meter.read()
+    start = time.perf_counter()
+    outcomes = await asyncio.gather(
+        *(clients.in_process(PROMPT, _timeout(n), agent=agent, keep_arrivals=True) for agent in agents),
+        return_exceptions=True,
+    )
+    elapsed = time.perf_counter() - start
+    cpu = meter.read() - cpu_before
+    timings, errors = _outcomes(outcomes, stamped=False)
+    log(f"concurrency: in-process baseline N={n} done at {time.strftime('%H:%M:%S')}")
+    return {
+        "n": n,
+        **_stream_figures(timings),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "elapsed_s": elapsed,
+        "ideal_s": TOKENS / TOKENS_PER_SECOND,
+        "cpu_s": cpu,
+    }
 
 
 async def measure_one(pool: ServerPool, layer: str, n: int, log: Callable[[str], None]) -> dict[str, Any]:
@@ -93,7 +148,10 @@ async def measure_one(pool: ServerPool, layer: str, n: int, log: Callable[[str],
         start = time.perf_counter()
         try:
             outcomes = await asyncio.gather(
-                *(clients.agentapp_stream(socket, PROMPT, timeout, keep_arrivals=True) for socket in sockets),
+                *(
+                    clients.agentapp_stream(socket, PROMPT, timeout, keep_arrivals=True, stamped=True)
+                    for socket in sockets
+                ),
                 return_exceptions=True,
             )
         finally:
@@ -104,30 +162,27 @@ async def measure_one(pool: ServerPool, layer: str, n: int, log: Callable[[str],
         cpu, client_cpu = meter.read() - cpu_before, client.read() - client_before
     finally:
         pool.stop(name)
-    timings = [outcome for outcome in outcomes if isinstance(outcome, clients.Timing)]
-    errors += [f"stream: {type(item).__name__}: {item}" for item in outcomes if isinstance(item, BaseException)]
-    for timing in timings:
-        if timing.status != "completed" or timing.tokens != TOKENS:
-            errors.append(f"run: status {timing.status!r}, {timing.tokens} tokens {timing.error}".strip())
-    gaps, lateness = _lateness_and_gaps(timings)
-    firsts = [timing.first_token for timing in timings if timing.first_token is not None]
+    timings, stream_errors = _outcomes(outcomes, stamped=True)
+    errors += stream_errors
+    gaps, _ = _lateness_and_gaps(timings)
+    delays = [delay for timing in timings for delay in timing.delays]
     tokens = sum(timing.tokens for timing in timings)
     return {
         "n": n,
         "layer": layer,
         "server_name": name,
-        "completed": sum(1 for timing in timings if timing.status == "completed" and timing.tokens == TOKENS),
         "errors": len(errors),
         "error_samples": errors[:5],
+        "added_p50_ms": percentile(delays, 50) * 1000,
+        "added_p99_ms": percentile(delays, 99) * 1000,
+        "added_max_ms": max(delays, default=float("nan")) * 1000,
+        "added_min_ms": min(delays, default=float("nan")) * 1000,
+        **_stream_figures(timings),
         "elapsed_s": elapsed,
         "ideal_s": TOKENS / TOKENS_PER_SECOND,
         "throughput_tokens_per_s": tokens / elapsed if elapsed else 0.0,
         "gap_p50_ms": percentile(gaps, 50) * 1000,
         "gap_p99_ms": percentile(gaps, 99) * 1000,
-        "first_token_p50_ms": percentile(firsts, 50) * 1000,
-        "first_token_p99_ms": percentile(firsts, 99) * 1000,
-        "lateness_p50_ms": percentile(lateness, 50) * 1000,
-        "lateness_p99_ms": percentile(lateness, 99) * 1000,
         "server_cpu_s": cpu,
         "client_cpu_s": client_cpu,
         "rss_zero_mb": rss_zero / 2**20,
@@ -139,10 +194,18 @@ async def measure_one(pool: ServerPool, layer: str, n: int, log: Callable[[str],
 
 
 async def measure(pool: ServerPool, layers: list[str], counts: list[int], log: Callable[[str], None]) -> dict[str, Any]:
-    """Measure each layer and N in turn, each on its own server."""
+    """For each N: the in-process baseline, then each layer in turn, each on its own server."""
+    baselines = []
     results = []
-    for layer in layers:
-        for n in counts:
+    for n in counts:
+        baselines.append(await measure_baseline(n, log))
+        for layer in layers:
             results.append(await measure_one(pool, layer, n, log))
             log(f"concurrency: {layer} N={n} done at {time.strftime('%H:%M:%S')}")
-    return {"tokens_per_second": TOKENS_PER_SECOND, "tokens": TOKENS, "prompt": PROMPT, "results": results}
+    return {
+        "tokens_per_second": TOKENS_PER_SECOND,
+        "tokens": TOKENS,
+        "prompt": PROMPT,
+        "baselines": baselines,
+        "results": results,
+    }

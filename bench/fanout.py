@@ -4,7 +4,7 @@ Two paced daphne processes (offline model at 50 tokens/s) share one PostgreSQL d
 of the harness's own, so that Redis's ``INFO commandstats`` counts agentapp's calls and nobody else's. M
 watchers open the conversation (half on each process) before one more socket, the origin, on process 1 sends
 the prompt. Delivery latency of a frame = when a watcher received it minus when the origin received the frame
-with the same ``seq`` (a watcher's merged ``data`` frame is matched by its last ``seq``), on one clock.
+that carried the same ``seq`` (a watcher's merged ``data`` frame is matched by its last ``seq``), on one clock.
 """
 
 from __future__ import annotations
@@ -84,9 +84,11 @@ def stats_delta(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, 
 
 @dataclass
 class Seen:
-    """What one socket received of the run: arrival time per (last) ``seq``, the seqs covered, how it ended."""
+    """What one socket received of the run: arrival time per frame (by its last ``seq``) and per ``seq`` covered,
+    the seqs covered, the text deltas, how it ended."""
 
     arrivals: dict[int, float] = field(default_factory=dict)
+    reached: dict[int, float] = field(default_factory=dict)
     covered: list[int] = field(default_factory=list)
     tokens: int = 0
     status: str = ""
@@ -123,9 +125,10 @@ async def read_run(socket: Any, deadline: float) -> Seen:
                 seen.arrivals[seq] = now
                 first = frame.get("seq_first", seq) if frame.get("type") == "data" else seq
                 seen.covered.extend(range(first, seq + 1))
+                seen.reached.update(dict.fromkeys(range(first, seq + 1), now))
                 kind = frame.get("type")
                 if kind == "data":
-                    seen.tokens += 1
+                    seen.tokens += seq - first + 1
                 elif kind == "error":
                     seen.error = f"{frame.get('code')}: {frame.get('message')}"
                 elif kind == "run_finished":
@@ -184,7 +187,7 @@ def _check(origin: Seen, watchers: list[Seen], on: list[int]) -> tuple[list[list
     errors: list[str] = []
     if origin.status != "completed" or origin.tokens != TOKENS:
         errors.append(f"origin: status {origin.status!r}, {origin.tokens} tokens {origin.error}".strip())
-    expected = set(origin.arrivals)
+    expected = set(origin.reached)
     latencies: list[list[float]] = [[] for _ in range(max(on, default=0) + 1)]
     missing = 0
     for index, seen in enumerate(watchers):
@@ -197,8 +200,8 @@ def _check(origin: Seen, watchers: list[Seen], on: list[int]) -> tuple[list[list
                 f"{extra} repeated".replace("  ", " ")
             )
         for seq, arrival in seen.arrivals.items():
-            if seq in origin.arrivals:
-                latencies[on[index]].append(arrival - origin.arrivals[seq])
+            if seq in origin.reached:
+                latencies[on[index]].append(arrival - origin.reached[seq])
     return latencies, errors, missing
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 NOT_MEASURED = "not measured yet"
+# Status of a Targets row that compares two figures and judges nothing.
+COMPARISON = "comparison, no target"
 
 
 @dataclass(frozen=True)
@@ -91,22 +93,46 @@ def ttft_rows(result: dict[str, Any], command: str) -> list[Row]:
     ]
 
 
+def _baseline_text(item: dict[str, Any]) -> str:
+    return (
+        f"{item['completed']}/{item['n']} completed, {item['errors']} errors; "
+        f"lateness p50/p99 {_num(item['lateness_p50_ms'], 1)}/{_num(item['lateness_p99_ms'], 1)} ms; "
+        f"first token p50/p99 {_num(item['first_token_p50_ms'], 1)}/{_num(item['first_token_p99_ms'], 1)} ms; "
+        f"all done in {_num(item['elapsed_s'], 2)} s (ideal {_num(item['ideal_s'], 1)} s); "
+        f"CPU {_num(item['cpu_s'], 1)} s (harness process)"
+    )
+
+
+def _layer_text(item: dict[str, Any]) -> str:
+    return (
+        f"added latency (model emit to client receive) p50/p99 {_num(item.get('added_p50_ms'), 1)}/"
+        f"{_num(item.get('added_p99_ms'), 1)} ms (max {_num(item.get('added_max_ms'), 1)}); "
+        f"{item['completed']}/{item['n']} completed, {item['errors']} errors; "
+        f"lateness p50/p99 {_num(item['lateness_p50_ms'], 1)}/{_num(item['lateness_p99_ms'], 1)} ms; "
+        f"first token p50/p99 {_num(item['first_token_p50_ms'], 1)}/{_num(item['first_token_p99_ms'], 1)} ms; "
+        f"gap p50/p99 {_num(item['gap_p50_ms'], 1)}/{_num(item['gap_p99_ms'], 1)} ms (ideal 20); "
+        f"{_num(item['throughput_tokens_per_s'])} tok/s, all done in {_num(item['elapsed_s'], 2)} s "
+        f"(ideal {_num(item['ideal_s'], 1)} s); CPU server/client {_num(item['server_cpu_s'], 1)}/"
+        f"{_num(item['client_cpu_s'], 1)} s; RSS 0/idle/streaming "
+        f"{_num(item['rss_zero_mb'], 1)}/{_num(item['rss_idle_mb'], 1)}/{_num(item['rss_streaming_max_mb'], 1)} MB "
+        f"= {_num(item['rss_per_idle_connection_kb'], 1)} KB per idle connection"
+    )
+
+
 def concurrency_rows(result: dict[str, Any], command: str) -> list[Row]:
+    """Per N: the in-process baseline (a), then each layer."""
+    benchmark = "4. concurrency, 50 tok/s, 200 tokens"
+    baselines = {item["n"]: item for item in result.get("baselines", [])}
+    counts = sorted({*baselines, *(item["n"] for item in result["results"])})
     rows = []
-    for item in result["results"]:
-        text = (
-            f"{item['completed']}/{item['n']} completed, {item['errors']} errors; "
-            f"gap p50/p99 {_num(item['gap_p50_ms'], 1)}/{_num(item['gap_p99_ms'], 1)} ms (ideal 20); "
-            f"lateness p50/p99 {_num(item['lateness_p50_ms'], 1)}/{_num(item['lateness_p99_ms'], 1)} ms; "
-            f"first token p50/p99 {_num(item['first_token_p50_ms'], 1)}/{_num(item['first_token_p99_ms'], 1)} ms; "
-            f"{_num(item['throughput_tokens_per_s'])} tok/s, all done in {_num(item['elapsed_s'], 2)} s "
-            f"(ideal {_num(item['ideal_s'], 1)} s); CPU server/client {_num(item['server_cpu_s'], 1)}/"
-            f"{_num(item['client_cpu_s'], 1)} s; RSS 0/idle/streaming "
-            f"{_num(item['rss_zero_mb'], 1)}/{_num(item['rss_idle_mb'], 1)}/{_num(item['rss_streaming_max_mb'], 1)} MB "
-            f"= {_num(item['rss_per_idle_connection_kb'], 1)} KB per idle connection"
-        )
-        case = f"{item['layer']} layer, N={item['n']:,} [server `{item['server_name']}`]"
-        rows.append(Row("4. concurrency, 50 tok/s, 200 tokens", case, text, command))
+    for n in counts:
+        if n in baselines:
+            case = f"(a) Strands stream_async in process, N={n:,} [harness process]"
+            rows.append(Row(benchmark, case, _baseline_text(baselines[n]), command))
+        for item in result["results"]:
+            if item["n"] == n:
+                case = f"{item['layer']} layer, N={n:,} [server `{item['server_name']}`]"
+                rows.append(Row(benchmark, case, _layer_text(item), command))
     return rows
 
 
@@ -143,6 +169,55 @@ def _status(ok: bool | None) -> str:
     return NOT_MEASURED if ok is None else ("met" if ok else "not met")
 
 
+def _lateness_against_a(item: dict[str, Any], baselines: dict[int, dict[str, Any]]) -> str:
+    """An N's lateness p99 next to the in-process baseline's at the same N."""
+    ours = item["lateness_p99_ms"]
+    base = baselines.get(item["n"], {}).get("lateness_p99_ms", math.nan)
+    difference = "n/a" if math.isnan(ours - base) else f"{ours - base:+,.1f}"
+    return f"{_num(ours, 1)} ms vs {_num(base, 1)} ms for (a) at N={item['n']:,} ({difference} ms)"
+
+
+def _concurrency_targets(concurrency: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """Benchmark 4's targets per layer, at N=1,000 (or what the largest N measured showed)."""
+    ok = bool(concurrency) and "error" not in concurrency
+    measured = concurrency.get("results", []) if ok else []
+    baselines = {item["n"]: item for item in concurrency.get("baselines", [])} if ok else {}
+    checks = (
+        (
+            "p99 added latency (model emit to client receive) < 100 ms",
+            "added_p99_ms",
+            lambda v: v < 100,
+            1,
+            " ms p99 emit to receive",
+        ),
+        ("zero errors", "errors", lambda v: v == 0, 0, " errors"),
+        ("< 100 KB RSS per idle connection", "rss_per_idle_connection_kb", lambda v: v < 100, 1, " KB"),
+    )
+    out: list[tuple[str, str, str]] = []
+    for layer in sorted({item["layer"] for item in measured}) or ["memory"]:
+        ours = [item for item in measured if item["layer"] == layer]
+        at_scale = next((item for item in ours if item["n"] >= 1000), None)
+        largest = max(ours, key=lambda item: item["n"], default=None)
+        for name, key, test, digits, unit in checks:
+            target = f"1,000 paced conversations ({layer} layer): {name}"
+            if at_scale is not None and key in at_scale:
+                value = at_scale[key]
+                out.append((target, f"{_num(value, digits)}{unit} at N={at_scale['n']:,}", _status(test(value))))
+            elif largest is not None and key in largest:
+                shown = f"{NOT_MEASURED} at N=1,000; N={largest['n']:,}: {_num(largest[key], digits)}{unit}"
+                out.append((target, shown, NOT_MEASURED))
+            else:
+                out.append((target, NOT_MEASURED, NOT_MEASURED))
+        name = f"1,000 paced conversations ({layer} layer): lateness p99 against Strands in process (a)"
+        if at_scale is not None:
+            out.append((name, _lateness_against_a(at_scale, baselines), COMPARISON))
+        elif largest is not None:
+            out.append((name, f"{NOT_MEASURED} at N=1,000; {_lateness_against_a(largest, baselines)}", COMPARISON))
+        else:
+            out.append((name, NOT_MEASURED, COMPARISON))
+    return out
+
+
 def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(target, measured, met / not met / not measured yet), computed from the numbers."""
     out: list[tuple[str, str, str]] = []
@@ -156,27 +231,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         missing = value is None or math.isnan(value)
         out.append((name, NOT_MEASURED if missing else _x(value), _status(None if missing else value >= floor)))
 
-    concurrency = results.get("concurrency")
-    measured = concurrency.get("results", []) if concurrency and "error" not in concurrency else []
-    checks = (
-        ("p99 added latency < 100 ms", "lateness_p99_ms", lambda v: v < 100, 1, " ms lateness p99"),
-        ("zero errors", "errors", lambda v: v == 0, 0, " errors"),
-        ("< 100 KB RSS per idle connection", "rss_per_idle_connection_kb", lambda v: v < 100, 1, " KB"),
-    )
-    for layer in sorted({item["layer"] for item in measured}) or ["memory"]:
-        ours = [item for item in measured if item["layer"] == layer]
-        at_scale = next((item for item in ours if item["n"] >= 1000), None)
-        largest = max(ours, key=lambda item: item["n"], default=None)
-        for name, key, test, digits, unit in checks:
-            target = f"1,000 paced conversations ({layer} layer): {name}"
-            if at_scale is not None:
-                value = at_scale[key]
-                out.append((target, f"{_num(value, digits)}{unit} at N={at_scale['n']:,}", _status(test(value))))
-            elif largest is not None:
-                shown = f"{NOT_MEASURED} at N=1,000; N={largest['n']:,}: {_num(largest[key], digits)}{unit}"
-                out.append((target, shown, NOT_MEASURED))
-            else:
-                out.append((target, NOT_MEASURED, NOT_MEASURED))
+    out += _concurrency_targets(results.get("concurrency"))
 
     fanout = results.get("fanout")
     fanned = fanout.get("results", []) if fanout and "error" not in fanout else []

@@ -182,6 +182,8 @@ def smoke_failures(results: dict[str, Any]) -> list[str]:
                 if sample["statuses"] != ["completed"]:
                     problems.append(f"writes {database} {tokens} tokens: statuses {sample['statuses']}")
     problems += [f"ttft: {error}" for error in results.get("ttft", {}).get("errors", [])]
+    for item in results.get("concurrency", {}).get("baselines", []):
+        problems += [f"concurrency (a) in process N={item['n']}: {error}" for error in item["error_samples"]]
     for item in results.get("concurrency", {}).get("results", []):
         problems += [f"concurrency {item['layer']} N={item['n']}: {error}" for error in item["error_samples"]]
     for item in results.get("fanout", {}).get("results", []):

@@ -25,6 +25,9 @@ STOP_TIMEOUT = 10.0
 MIGRATE_TIMEOUT = 180.0
 REDIS_URL = "redis://127.0.0.1:6379/2"
 POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/agentapp_bench"
+# Settings of benchmark 4's paced servers: the example site's, with the agent of bench/stamped.py, whose text
+# deltas are their emit times (project/asgi.py only sets DJANGO_SETTINGS_MODULE when it is unset).
+STAMPED_SETTINGS = "bench.settings_stamped"
 # The database both fan-out processes share (dropped and recreated once per harness run).
 FANOUT_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/agentapp_bench_fanout"
 # AGENTAPP_CHANNEL_LAYER values of project/settings.py: channels_redis's core and pub/sub layers.
@@ -52,9 +55,11 @@ def free_port() -> int:
 
 
 def base_env(**extra: str) -> dict[str, str]:
-    """This process's environment without the variables a server must not inherit, plus ``extra``."""
+    """This process's environment without the variables a server must not inherit, plus ``extra`` (which may
+    name another ``DJANGO_SETTINGS_MODULE``)."""
     env = {key: value for key, value in os.environ.items() if key not in _SCRUBBED}
-    env.update(PYTHONUNBUFFERED="1", DJANGO_SETTINGS_MODULE="project.settings", **extra)
+    env.update(PYTHONUNBUFFERED="1", DJANGO_SETTINGS_MODULE="project.settings")
+    env.update(extra)
     return env
 
 
@@ -247,7 +252,7 @@ class ServerPool:
         return fresh_sqlite(self._template, self.workdir / f"{name}.sqlite3")
 
     def _build(self, name: str) -> Server:
-        agentapp_env = {"AGENTAPP_DEMO": "1", "DJANGO_DEBUG": "1", "AGENTAPP_OFFLINE_TPS": "0"}
+        agentapp_env = {"AGENTAPP_DEMO": "1", "DJANGO_DEBUG": "0", "AGENTAPP_OFFLINE_TPS": "0"}
         if name == "fastapi":
             return uvicorn(name, "bench.fastapi_app:app", self.workdir)
         if name == "bare":
@@ -262,6 +267,7 @@ class ServerPool:
         if name.startswith("agentapp-paced-"):  # agentapp-paced-<memory|redis>-<n>
             # Capacity is what is measured: the per-process limit on runs (100 by default) is lifted.
             env = {
+                "DJANGO_SETTINGS_MODULE": STAMPED_SETTINGS,
                 "DATABASE_URL": self.sqlite_url(name),
                 **agentapp_env,
                 "AGENTAPP_OFFLINE_TPS": "50",

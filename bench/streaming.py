@@ -78,7 +78,7 @@ def _check(case: str, timing: clients.Timing, expected_chars: int | None) -> str
     if timing.status != "completed":
         return f"status {timing.status!r} {timing.error}".strip()
     if case != "b" and timing.tokens != STREAM_TOKENS:
-        return f"{timing.tokens} data frames, expected {STREAM_TOKENS}"
+        return f"{timing.tokens} tokens, expected {STREAM_TOKENS}"
     if expected_chars is not None and timing.chars != expected_chars:
         return f"{timing.chars} characters, expected {expected_chars}"
     return ""

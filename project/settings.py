@@ -56,12 +56,19 @@ TEMPLATES = [
     },
 ]
 
+# Connections are kept for a minute: each hop to Channels' database thread would otherwise open a new one.
 DATABASES = {
     "default": dj_database_url.config(
         default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
-        conn_max_age=0,
+        conn_max_age=60,
+        conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Write-ahead logging, synced at checkpoints rather than on every commit: a run's few writes stay cheap.
+    DATABASES["default"].setdefault("OPTIONS", {})["init_command"] = (
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+    )
 
 REDIS_URL = os.environ.get("REDIS_URL")
 if REDIS_URL:
@@ -77,7 +84,7 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "agentapp.layers.InMemoryChannelLayer"}}
 
 AGENTAPP = {
     "MODEL": os.environ.get("AGENTAPP_MODEL", "offline"),

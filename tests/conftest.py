@@ -12,7 +12,7 @@ from channels.layers import channel_layers
 REDIS_URL = os.environ.get("AGENTAPP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 LAYERS = {
-    "memory": {"BACKEND": "channels.layers.InMemoryChannelLayer"},
+    "memory": {"BACKEND": "agentapp.layers.InMemoryChannelLayer"},
     "redis": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}},
     "redis_pubsub": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}},
 }

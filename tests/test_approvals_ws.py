@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from agentapp import protocol
 from agentapp.history import load_messages
 from agentapp.models import Conversation, ConversationMember, Message, Run, ToolResult
+from tests.frames import assert_contiguous
 from tests.wsclient import Client, streamed_text
 
 
@@ -52,7 +53,7 @@ async def test_approve_from_a_fresh_connection_resumes_the_run(layer, approvals,
     interrupt = interrupt_of(frames)
     assert interrupt["tool"] == "calculator"
     assert interrupt["input"] == {"expression": "2+2"}
-    assert [frame["seq"] for frame in frames] == list(range(len(frames)))
+    assert_contiguous(frames)
     assert frames[-2]["result"]["stop_reason"] == "interrupt"
     assert not [frame for frame in frames if frame["type"] == protocol.TOOL_RESULT]
     run = await Run.objects.aget()

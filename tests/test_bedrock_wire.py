@@ -18,6 +18,7 @@ from agentapp.history import load_messages
 from agentapp.models import Message, Run, ToolResult
 from tests import fake_bedrock
 from tests.fake_bedrock import ANSWER, ANSWER_USAGE, PARTIAL_DELTAS, TOOL_USE_USAGE, FakeBedrock
+from tests.frames import assert_contiguous
 from tests.test_history import assert_valid_history
 from tests.wsclient import Client, streamed_text
 
@@ -120,7 +121,7 @@ def assert_calculator_run(frames: list[dict[str, Any]]) -> None:
     assert texts(final["result"]["message"]["content"]) == ANSWER
     assert frames[-1]["type"] == protocol.RUN_FINISHED
     assert frames[-1]["status"] == protocol.STATUS_COMPLETED
-    assert [frame["seq"] for frame in frames] == list(range(len(frames)))
+    assert_contiguous(frames)
 
 
 ### The event-stream framing, checked by botocore's own decoder ###

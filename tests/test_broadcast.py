@@ -12,6 +12,7 @@ import pytest
 from agentapp import broadcast, protocol
 from agentapp.broadcast import Follower, GroupBroadcaster, coalesce
 from agentapp.runlog import RunLog, replay_chunks
+from tests.frames import assert_contiguous
 
 RUN = "run-1"
 
@@ -34,14 +35,6 @@ def tool_use(seq: int, tool_use_id: str, streamed: str) -> dict[str, Any]:
 
 def text_of(frames: list[dict[str, Any]]) -> str:
     return "".join(f[protocol.DATA] for f in frames if f["type"] == protocol.DATA)
-
-
-def assert_contiguous(frames: list[dict[str, Any]], start: int = 0) -> None:
-    """Every seq from ``start`` covered once, in order: each frame starts right after the previous one."""
-    expected = start
-    for item in frames:
-        assert item.get("seq_first", item["seq"]) == expected, (expected, item)
-        expected = item["seq"] + 1
 
 
 ### coalesce ###

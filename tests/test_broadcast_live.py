@@ -14,6 +14,7 @@ from agentapp import protocol
 from agentapp.broadcast import FRAME_MESSAGE_TYPE
 from agentapp.consumers import AgentConsumer
 from agentapp.models import Conversation, Message, Run
+from tests.frames import assert_contiguous, deltas
 from tests.wsclient import Client, streamed_text
 
 
@@ -29,10 +30,7 @@ def paced(settings: Any, tokens_per_second: float, **extra: Any) -> None:
 def assert_whole_run(frames: list[dict[str, Any]]) -> None:
     """One run from run_started to run_finished, every seq covered exactly once, in order."""
     assert frames[0]["type"] == protocol.RUN_STARTED and frames[-1]["type"] == protocol.RUN_FINISHED
-    expected = 0
-    for frame in frames:
-        assert frame.get("seq_first", frame["seq"]) == expected, (expected, frame)
-        expected = frame["seq"] + 1
+    assert_contiguous(frames)
 
 
 def non_data(frames: list[dict[str, Any]]) -> list[tuple[str, int]]:
@@ -42,7 +40,7 @@ def non_data(frames: list[dict[str, Any]]) -> list[tuple[str, int]]:
 async def receive_data_frames(client: Client, count: int) -> list[dict[str, Any]]:
     """Receive frames until ``count`` data frames have arrived."""
     frames: list[dict[str, Any]] = []
-    while sum(frame["type"] == protocol.DATA for frame in frames) < count:
+    while deltas(frames) < count:
         frames.append(await client.receive())
     return frames
 
@@ -209,7 +207,7 @@ async def test_group_sends_follow_time_not_tokens(layer, settings, owner, monkey
     await asker.close()
     await watcher.close()
 
-    assert sum(frame["type"] == protocol.DATA for frame in asked) == 2000  # the asker gets every delta
+    assert deltas(asked) == 2000  # the asker gets every delta
     assert streamed_text(watched) == streamed_text(asked)
     assert_whole_run(watched)
     non_data_frames = len(non_data(asked))
@@ -218,3 +216,37 @@ async def test_group_sends_follow_time_not_tokens(layer, settings, owner, monkey
     # At most one merged delta per window, plus one more after each other frame interrupts the text.
     assert data_sends <= duration / window + non_data_frames + 2, (data_sends, duration)
     assert len(sends) < 200
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_run_nobody_else_watches_costs_the_layer_nothing(layer, settings, owner, monkeypatch):
+    paced(settings, 1000)
+    asker = Client(user=owner)
+    conversation_id = (await asker.hello())["conversation_id"]
+    channel_layer = get_channel_layer()
+    real_group_send = channel_layer.group_send
+    sends: list[str] = []
+
+    async def counting_group_send(group: str, message: dict[str, Any]) -> None:
+        if message["type"] == FRAME_MESSAGE_TYPE:
+            sends.append(message["frame"]["type"])
+        await real_group_send(group, message)
+
+    monkeypatch.setattr(channel_layer, "group_send", counting_group_send)
+    await asker.prompt("Stream 100 tokens")
+    alone = await asker.until_finished()
+    assert alone[-1]["status"] == protocol.STATUS_COMPLETED and deltas(alone) == 100
+    assert sends == []
+
+    # Once another connection opens the conversation, the next run reaches it through the group.
+    watcher = Client(f"/ws/agent/{conversation_id}/", user=owner)
+    await watcher.hello()
+    await asker.prompt("Stream 100 tokens")
+    asked = await asker.until_finished()
+    watched = await watcher.until_finished()
+    await asker.close()
+    await watcher.close()
+    assert_whole_run(watched)
+    assert streamed_text(watched) == streamed_text(asked)
+    assert protocol.RUN_FINISHED in sends

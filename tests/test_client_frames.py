@@ -10,6 +10,7 @@ from django.contrib.auth import get_user_model
 
 from agentapp import protocol
 from agentapp.models import Message, Run
+from tests.frames import deltas
 from tests.wsclient import Client
 
 # A small frame limit and a large prompt limit, so each of the two size checks can be hit on its own.
@@ -175,7 +176,7 @@ async def test_cancel_sent_with_the_prompt_stops_the_run(layer, settings, user):
     frames = await client.until_finished()
     assert frames[-1]["status"] == protocol.STATUS_CANCELLED
     assert [frame for frame in frames if frame["type"] == protocol.ERROR] == []
-    assert len([frame for frame in frames if frame["type"] == protocol.DATA]) < 200
+    assert deltas(frames) < 200
     run = await Run.objects.aget(conversation_id=conversation_id)
     assert run.status == Run.Status.CANCELLED
     # The cut answer is stored partial: what was streamed, or Strands' placeholder when nothing was.

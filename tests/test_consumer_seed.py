@@ -8,6 +8,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from agentapp import protocol
+from tests.frames import assert_contiguous
 from tests.wsclient import Client
 
 SEED_PROMPTS = [
@@ -49,7 +50,7 @@ async def test_seed_prompt_frame_sequence(layer, offline_instant, user, prompt, 
     types = [frame["type"] for frame in frames]
     assert types[: len(LIFECYCLE)] == LIFECYCLE
     assert types[-2:] == [protocol.RESULT, protocol.RUN_FINISHED]
-    assert [frame["seq"] for frame in frames] == list(range(len(frames)))
+    assert_contiguous(frames)
     assert {frame["conversation_id"] for frame in frames} == {conversation_id}
     assert len({frame["run_id"] for frame in frames}) == 1
     for raw in client.raw:

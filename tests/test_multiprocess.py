@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REDIS_URL, require_redis
+from tests.frames import assert_contiguous, deltas
 from tests.livedaphne import LiveCluster, live_cluster, live_socket
 
 pytestmark = pytest.mark.slow
@@ -39,10 +40,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def assert_whole_run(frames: list[dict[str, Any]]) -> None:
     """One run from run_started to run_finished, every seq covered exactly once, in order."""
     assert frames[0]["type"] == "run_started" and frames[-1]["type"] == "run_finished", (frames[0], frames[-1])
-    expected = 0
-    for frame in frames:
-        assert frame.get("seq_first", frame["seq"]) == expected, (expected, frame)
-        expected = frame["seq"] + 1
+    assert_contiguous(frames)
 
 
 def text(frames: list[dict[str, Any]]) -> str:
@@ -68,7 +66,7 @@ async def test_watchers_on_both_processes_see_the_same_run(cluster: LiveCluster)
         for socket in (asker, viewer_here, owner_there):
             assert (await socket.hello())["messages"] == []
         await asker.prompt("Stream 300 tokens")
-        asked = await asker.until(lambda frames: sum(f["type"] == "data" for f in frames) >= 60)
+        asked = await asker.until(lambda frames: deltas(frames) >= 60)
 
         # A member opens the conversation on the other process while the run streams.
         async with live_socket(second, path, users["bob"]["session"]) as late:

@@ -133,7 +133,7 @@ async def test_seed_prompt_rows(settings, user, prompt, steps, answer_contains):
 
 
 async def statements_for(prompt: str, user: Any, executed: list[str]) -> tuple[int, list[str]]:
-    """Run ``prompt`` in a fresh conversation and count the statements from the prompt to run_finished."""
+    """Run ``prompt`` in a fresh conversation: the frames it made (merged deltas count each) and its statements."""
     client = Client(user=user)
     await client.hello()
     executed.clear()
@@ -142,7 +142,7 @@ async def statements_for(prompt: str, user: Any, executed: list[str]) -> tuple[i
     during = list(executed)
     await client.close()
     assert frames[-1]["status"] == protocol.STATUS_COMPLETED
-    return len(frames), during
+    return frames[-1]["seq"] + 1, during
 
 
 @pytest.mark.asyncio

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import redis
 
+from tests.frames import assert_contiguous, deltas
 from tests.livedaphne import HOST, STOP_TIMEOUT, LiveCluster, free_port, live_cluster, live_socket
 
 pytestmark = pytest.mark.slow
@@ -77,7 +78,7 @@ def outage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 def data_count(frames: list[dict[str, Any]]) -> int:
-    return sum(frame["type"] == "data" for frame in frames)
+    return deltas(frames)
 
 
 def text(frames: list[dict[str, Any]]) -> str:
@@ -119,7 +120,7 @@ async def test_run_survives_redis_going_away_and_broadcast_resumes(outage: Any) 
         watched += await watcher.until_finished()
 
     # The initiating socket got the whole run, in order, and it was saved.
-    assert [frame["seq"] for frame in asked] == list(range(len(asked)))
+    assert_contiguous(asked)
     assert text(asked) == expected and asked[-1]["status"] == "completed"
     assert stored_run(cluster, asked[0]["run_id"]) == ("completed", expected)
 

@@ -18,6 +18,7 @@ from agentapp.history import INTERRUPTED_TOOL_TEXT, load_messages
 from agentapp.models import Conversation, Message, Run, ToolResult
 from agentapp.runner import AgentRun
 from agentapp.tools import calculator
+from tests.frames import deltas
 from tests.test_history import assert_valid_history
 from tests.test_persistence import MODEL_CALLS, RecordingModel
 from tests.wsclient import Client, streamed_text
@@ -65,6 +66,14 @@ def failing_factory(conversation: Any, user: Any) -> Agent:
     return Agent(model=RecordingModel(fail_after_tokens=5), tools=list(TOOLS), callback_handler=None)
 
 
+def broken_factory(conversation: Any, user: Any) -> Agent:
+    raise RuntimeError("secret detail of a broken factory")
+
+
+def not_an_agent_factory(conversation: Any, user: Any) -> Any:
+    return "not an agent"
+
+
 def use_factory(settings: Any, name: str) -> None:
     settings.AGENTAPP = {"AGENT_FACTORY": f"tests.test_run_cuts.{name}", "OFFLINE_TOKENS_PER_SECOND": 0}
 
@@ -83,7 +92,7 @@ def fresh_state():
 async def until_data(client: Client, count: int) -> list[dict[str, Any]]:
     """Receive frames until ``count`` data frames have arrived."""
     frames: list[dict[str, Any]] = []
-    while sum(frame["type"] == protocol.DATA for frame in frames) < count:
+    while deltas(frames) < count:
         frames.append(await client.receive())
     return frames
 
@@ -373,3 +382,27 @@ async def test_cancel_after_a_tool_before_the_answer(layer, settings, user):
     seen = await assert_next_prompt_succeeds(client)
     assert seen[2]["content"][0]["toolResult"]["content"] == [{"text": "4"}]
     await client.close()
+
+
+### (e) the agent cannot be built ###
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("factory", ["broken_factory", "not_an_agent_factory"])
+async def test_an_agent_that_cannot_be_built_refuses_the_prompt_and_writes_nothing(settings, user, factory):
+    use_factory(settings, factory)
+    client = Client(user=user)
+    conversation_id = (await client.hello())["conversation_id"]
+    await client.prompt("Hello")
+    error = await client.receive()
+    assert error["type"] == protocol.ERROR and error["code"] == protocol.ERR_RUN_FAILED
+    assert "run_id" not in error and "secret detail" not in error["message"]
+    assert not await Run.objects.filter(conversation_id=conversation_id).aexists()
+
+    # The connection is still usable: with a working factory the next prompt runs.
+    use_factory(settings, "instant_factory")
+    await client.prompt("Hello")
+    frames = await client.until_finished()
+    await client.close()
+    assert frames[-1]["status"] == protocol.STATUS_COMPLETED

@@ -15,6 +15,7 @@ from django.test import AsyncClient
 
 from agentapp import protocol, sse
 from agentapp.models import Conversation, ConversationMember, Message, Run, ToolResult
+from tests.frames import assert_contiguous, deltas
 from tests.test_resume import TOKENS, assert_continues
 from tests.wsclient import Client, streamed_text
 
@@ -157,7 +158,7 @@ async def test_post_prompt_streams_the_run_and_saves_it(layer, offline_instant, 
     types = [frame["type"] for frame in frames]
     assert types[0] == protocol.RUN_STARTED and types[-1] == protocol.RUN_FINISHED
     assert frames[-1]["status"] == protocol.STATUS_COMPLETED
-    assert [frame["seq"] for frame in frames] == list(range(len(frames)))
+    assert_contiguous(frames)
     results = [frame["tool_result"] for frame in frames if frame["type"] == protocol.TOOL_RESULT]
     assert [(r["name"], r["status"], r["content"]) for r in results] == [("calculator", "success", [{"text": "4"}])]
     assert streamed_text(frames) == "2+2 = 4."
@@ -256,7 +257,7 @@ async def test_watcher_sees_a_websocket_run_then_resumes_with_last_event_id(laye
     assert (await watcher.frame())["type"] == protocol.CONVERSATION
     await asker.prompt(f"Stream {TOKENS} tokens")
     before: list[tuple[str | None, dict[str, Any]]] = []
-    while sum(frame["type"] == protocol.DATA for _, frame in before) < 3:
+    while deltas([frame for _, frame in before]) < 3:
         before.append(await watcher.event())
     await watcher.close()
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import REDIS_URL, require_redis
+from tests.frames import assert_contiguous
 from tests.livedaphne import LiveCluster, LiveDaphne, live_cluster, live_socket
 
 pytestmark = pytest.mark.slow
@@ -82,7 +83,7 @@ async def test_post_on_one_process_is_watched_on_the_other(cluster: LiveCluster)
         seen = await until_finished(watched)
     assert answered[0]["type"] == "conversation" and answered[-1]["status"] == "completed"
     run = answered[1:]
-    assert [f["seq"] for f in run] == list(range(len(run)))
+    assert_contiguous(run)
     assert seen[-1]["run_id"] == run[0]["run_id"] and seen[-1]["status"] == "completed"
     assert "".join(f["data"] for f in seen if f["type"] == "data") == "2+2 = 4."
     results = [f["tool_result"]["content"] for f in seen if f["type"] == "tool_result"]

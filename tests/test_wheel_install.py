@@ -25,6 +25,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from tests.frames import assert_contiguous
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 HOST = "127.0.0.1"
@@ -223,7 +225,7 @@ def check_site(port: int, cookie: str) -> None:
 
     types = [frame["type"] for frame in frames]
     assert types[0] == "run_started" and types[-2:] == ["result", "run_finished"], types
-    assert [frame["seq"] for frame in frames] == list(range(len(frames)))
+    assert_contiguous(frames)
     tool_results = [frame["tool_result"] for frame in frames if frame["type"] == "tool_result"]
     assert len(tool_results) == 1, tool_results
     assert tool_results[0]["name"] == "calculator" and tool_results[0]["status"] == "success"
