@@ -13,9 +13,11 @@ import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
@@ -25,8 +27,6 @@ from .agents import build_agent
 from .approvals import StaleApprovalState, restore_state
 from .broadcast import (
     CANCEL_MESSAGE_TYPE,
-    FRAME_MESSAGE_TYPE,
-    PRESENCE_MESSAGE_TYPE,
     REJOINED_MESSAGE_TYPE,
     REPLAY_MESSAGE_TYPE,
     SYNC_MESSAGE_TYPE,
@@ -56,15 +56,6 @@ RESOLVED_MESSAGE_TYPE = "agentapp.resolved"
 process_runs: set[asyncio.Task[None]] = set()
 runs_here: dict[str, AgentRun] = {}
 
-# Group messages whose handlers never use the database, by handler name.
-_DB_FREE_MESSAGES = {
-    FRAME_MESSAGE_TYPE: "agentapp_frame",
-    REPLAY_MESSAGE_TYPE: "agentapp_replay",
-    SYNC_MESSAGE_TYPE: "agentapp_sync",
-    CANCEL_MESSAGE_TYPE: "agentapp_cancel",
-    RESOLVED_MESSAGE_TYPE: "agentapp_resolved",
-    PRESENCE_MESSAGE_TYPE: "agentapp_presence",
-}
 _SEQ_RE = re.compile(r"^-?\d{1,16}$")
 
 
@@ -74,6 +65,41 @@ _BUSY_MESSAGES = {
     protocol.ERR_NO_PENDING_APPROVAL: "No tool call of this conversation is waiting for approval.",
     protocol.ERR_RATE_LIMITED: "Too many runs in the last minute; try again shortly.",
 }
+
+
+@dataclass(slots=True)
+class _Queued:
+    """One entry of an outbox: a wire frame with the text deltas merged after it, or an ASGI message."""
+
+    message: dict[str, Any]
+    frames: int = 1  # frames it carries (0: an ASGI message to pass as it is)
+    texts: list[str] = field(default_factory=list)  # merged deltas' text, joined once when written
+    seq: int = -1  # seq of its last delta
+
+    def merge(self, frame: dict[str, Any]) -> bool:
+        """Take a text delta that continues this entry's run right after its last one."""
+        first = self.message
+        if not (
+            self.frames
+            and frame["type"] == first["type"] == protocol.DATA
+            and frame.get("run_id") == first.get("run_id")
+            and frame.get("seq_first", frame["seq"]) == self.seq + 1
+        ):
+            return False
+        self.texts.append(frame[protocol.DATA])
+        self.seq = frame["seq"]
+        self.frames += 1
+        return True
+
+    def asgi(self) -> dict[str, Any]:
+        """The ASGI message that writes this entry."""
+        if not self.frames:
+            return self.message
+        frame = self.message
+        if self.texts:
+            text = frame[protocol.DATA] + "".join(self.texts)
+            frame = {**frame, protocol.DATA: text, "seq": self.seq, "seq_first": frame.get("seq_first", frame["seq"])}
+        return {"type": "websocket.send", "text": protocol.encode_frame(frame)}
 
 
 class Outbox:
@@ -94,8 +120,7 @@ class Outbox:
         self.limit = limit
         self.overflowed = False
         self.closed = False
-        # (frames carried, wire frame to encode) or (0, ASGI message to pass as it is, from ``finish``).
-        self._queue: deque[tuple[int, dict[str, Any]]] = deque()
+        self._queue: deque[_Queued] = deque()
         self._ready = asyncio.Event()
         self.backlog = 0  # frames put and not yet written
         self.task = asyncio.create_task(self._drain(), name="agentapp-outbox")
@@ -108,24 +133,9 @@ class Outbox:
             self.overflowed = True
             return False
         self.backlog += 1
-        if not (self._queue and self._merge_into_last(frame)):
-            self._queue.append((1, frame))
+        if not (self._queue and self._queue[-1].merge(frame)):
+            self._queue.append(_Queued(frame, seq=frame.get("seq", -1)))
             self._ready.set()
-        return True
-
-    def _merge_into_last(self, frame: dict[str, Any]) -> bool:
-        """Append a text delta to the last entry when that is the same run's previous delta, still unwritten."""
-        count, last = self._queue[-1]
-        if not (
-            count
-            and frame["type"] == last["type"] == protocol.DATA
-            and frame.get("run_id") == last.get("run_id")
-            and frame.get("seq_first", frame["seq"]) == last["seq"] + 1
-        ):
-            return False
-        merged = {**last, protocol.DATA: last[protocol.DATA] + frame[protocol.DATA], "seq": frame["seq"]}
-        merged["seq_first"] = last.get("seq_first", last["seq"])
-        self._queue[-1] = (count + 1, merged)
         return True
 
     def finish(self, messages: list[dict[str, Any]], drop_waiting: bool = False) -> None:
@@ -133,7 +143,7 @@ class Outbox:
         if drop_waiting:
             self._queue.clear()
             self.backlog = 0
-        self._queue.extend((0, message) for message in messages)
+        self._queue.extend(_Queued(message, frames=0) for message in messages)
         self._ready.set()
         self.closed = True
 
@@ -148,10 +158,9 @@ class Outbox:
                 self._ready.clear()
                 await self._ready.wait()
                 continue
-            count, message = self._queue.popleft()
-            self.backlog -= count
-            if count:
-                message = {"type": "websocket.send", "text": protocol.encode_frame(message)}
+            entry = self._queue.popleft()
+            self.backlog -= entry.frames
+            message = entry.asgi()
             try:
                 await self._write(message)
             except Exception:
@@ -302,15 +311,16 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await layer_call(self.channel_layer.group_discard(self.group, self.channel_name), "group_discard")
 
     async def dispatch(self, message: dict[str, Any]) -> None:
-        """Call the message's handler; those that never touch the database skip Channels' connection cleanup.
+        """Call the message's handler, without Channels' hop to the database thread before each one.
 
-        ``AsyncConsumer.dispatch`` hops to the database thread (``aclose_old_connections``) before every handler:
-        once per group frame of a run, on the thread every connection's queries share.
+        ``AsyncConsumer.dispatch`` closes stale connections in the database thread before every handler: once per
+        group frame of a run, on the thread every connection's queries share. Every query here runs through
+        ``database_sync_to_async``, which closes stale connections itself around each call.
         """
-        if message["type"] in _DB_FREE_MESSAGES:
-            await getattr(self, _DB_FREE_MESSAGES[message["type"]])(message)
-        else:
-            await super().dispatch(message)
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     ### Channel layer receive, surviving the layer ###
 

@@ -56,7 +56,7 @@ class ConversationView:
     @property
     def watchers(self) -> int:
         """Open connections to the conversation, on every process."""
-        return len(self.local) + sum(count for count, _ in self.remote.values())
+        return len(self.local) + (sum(count for count, _ in self.remote.values()) if self.remote else 0)
 
     def changed(self) -> None:
         """Tell every connection of this process that the total may have changed."""

@@ -18,8 +18,8 @@ from django.utils import timezone
 from . import protocol
 from .models import Message, Run
 
-# Longest text the log merges into one ``data`` frame.
-MAX_MERGED_CHARS = 32_000
+# Longest text the log merges into one ``data`` frame (each merge copies the text so far).
+MAX_MERGED_CHARS = 4_000
 # Target size of one replay message; a single larger frame travels alone.
 REPLAY_CHUNK_BYTES = 200_000
 
