@@ -174,7 +174,9 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with ServerPool(workdir) as pool:
-            (server,) = pool.get(args.server)
+            # The paced servers are named by layer and N (bench/servers.py): profile the in-memory one.
+            name = f"agentapp-paced-memory-{args.concurrent}" if args.server == "agentapp-paced" else args.server
+            (server,) = pool.get(name)
             asyncio.run(_drive(args.server, server.url, args.prompt, 2))  # warm-up
             recorder = subprocess.Popen(
                 [
