@@ -138,8 +138,10 @@ class GroupBroadcaster:
     """Sends one run's frames to the conversation group from a background task, logging each as sent.
 
     ``watched()``, when given, tells whether any connection but the origin may follow the run: while it says
-    no, merged frames are only logged, not sent, so a run nobody else watches costs the layer nothing. A
-    connection that comes later asks for the run's frames from the log (and counts as watching from then on).
+    no, merged frames are only logged, not sent, so a run nobody else watches costs the layer one message, its
+    ``run_finished``. That one still goes out for a watcher this process has not counted yet (its presence
+    message is on the way, or was lost): its gap makes it ask for the run's frames from the log, as a connection
+    that comes later does (and that counts as watching from then on).
     """
 
     def __init__(
@@ -168,7 +170,7 @@ class GroupBroadcaster:
     def publish(self, frame: dict[str, Any]) -> None:
         """Queue a frame for the group; never blocks. Unwatched, with nothing queued before it, it is only logged."""
         quiet = self.log is not None and self.watched is not None and not self._holding and self._queue.empty()
-        if quiet and not self.watched():
+        if quiet and frame["type"] != protocol.RUN_FINISHED and not self.watched():
             self.log.append(frame)
             self.unsent += 1
             return
@@ -246,9 +248,9 @@ class GroupBroadcaster:
     async def _flush(self, pending: list[dict[str, Any]]) -> bool:
         """Send pending frames in order; stop at the first failure, keeping it and the rest."""
         if self.watched is not None and not self.watched():
-            self.unsent += len(pending)
-            pending.clear()
-            return True
+            ends = [frame for frame in pending if frame["type"] == protocol.RUN_FINISHED]
+            self.unsent += len(pending) - len(ends)
+            pending[:] = ends
         while pending:
             message = {"type": FRAME_MESSAGE_TYPE, "frame": pending[0], "origin": self.origin}
             if not await layer_call(self.channel_layer.group_send(self.group, message), "group_send"):

@@ -52,6 +52,19 @@ def decode(raw: str) -> dict[str, Any]:
     return frame
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """Close each connection after use, as Django does with ``CONN_MAX_AGE=0``, whatever the example site keeps.
+
+    Async tests query from worker threads (Channels' database thread, one per request of Django's ASGI handler); a
+    connection kept open in one of them would stop the test database from being dropped at the end.
+    """
+    from django.conf import settings
+
+    for database in settings.DATABASES.values():
+        database["CONN_MAX_AGE"] = 0
+
+
 @pytest.fixture(scope="session", autouse=True)
 def close_worker_thread_connections(django_db_setup: Any, django_db_blocker: Any) -> Any:
     """Close the connection async tests left open in asgiref's worker thread, so the test database can be dropped."""

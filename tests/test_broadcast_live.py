@@ -14,6 +14,7 @@ from agentapp import protocol
 from agentapp.broadcast import FRAME_MESSAGE_TYPE
 from agentapp.consumers import AgentConsumer
 from agentapp.models import Conversation, Message, Run
+from agentapp.presence import ConversationView
 from tests.frames import assert_contiguous, deltas
 from tests.wsclient import Client, streamed_text
 
@@ -220,7 +221,7 @@ async def test_group_sends_follow_time_not_tokens(layer, settings, owner, monkey
 
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
-async def test_a_run_nobody_else_watches_costs_the_layer_nothing(layer, settings, owner, monkeypatch):
+async def test_a_run_nobody_else_watches_costs_the_layer_one_message(layer, settings, owner, monkeypatch):
     paced(settings, 1000)
     asker = Client(user=owner)
     conversation_id = (await asker.hello())["conversation_id"]
@@ -237,7 +238,8 @@ async def test_a_run_nobody_else_watches_costs_the_layer_nothing(layer, settings
     await asker.prompt("Stream 100 tokens")
     alone = await asker.until_finished()
     assert alone[-1]["status"] == protocol.STATUS_COMPLETED and deltas(alone) == 100
-    assert sends == []
+    assert sends == [protocol.RUN_FINISHED]  # for a watcher this process has not counted yet
+    sends.clear()
 
     # Once another connection opens the conversation, the next run reaches it through the group.
     watcher = Client(f"/ws/agent/{conversation_id}/", user=owner)
@@ -249,4 +251,23 @@ async def test_a_run_nobody_else_watches_costs_the_layer_nothing(layer, settings
     await watcher.close()
     assert_whole_run(watched)
     assert streamed_text(watched) == streamed_text(asked)
-    assert protocol.RUN_FINISHED in sends
+    assert protocol.RUN_STARTED in sends and protocol.DATA in sends and protocol.RUN_FINISHED in sends
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_watcher_presence_missed_still_gets_the_whole_run(layer, settings, owner, monkeypatch):
+    paced(settings, 1000)
+    asker = Client(user=owner)
+    conversation_id = (await asker.hello())["conversation_id"]
+    watcher = Client(f"/ws/agent/{conversation_id}/", user=owner)
+    await watcher.hello()
+    # Presence has not counted the watcher (its message is late, or was lost): the run is taken as unwatched.
+    monkeypatch.setattr(ConversationView, "watchers", property(lambda view: 1))
+    await asker.prompt("Stream 100 tokens")
+    asked = await asker.until_finished()
+    watched = await watcher.until_finished()
+    await asker.close()
+    await watcher.close()
+    assert_whole_run(watched)  # its run_finished showed the gap, and the replay from the log filled it
+    assert streamed_text(watched) == streamed_text(asked) == "".join(f"w{n} " for n in range(100))
