@@ -93,12 +93,18 @@ def ttft_rows(result: dict[str, Any], command: str) -> list[Row]:
     ]
 
 
-def _baseline_text(item: dict[str, Any]) -> str:
+def _answers_text(item: dict[str, Any]) -> str:
+    """Completed answers, errors, lateness and first token of one concurrency row."""
     return (
         f"{item['completed']}/{item['n']} completed, {item['errors']} errors; "
         f"lateness p50/p99 {_num(item['lateness_p50_ms'], 1)}/{_num(item['lateness_p99_ms'], 1)} ms; "
         f"first token p50/p99 {_num(item['first_token_p50_ms'], 1)}/{_num(item['first_token_p99_ms'], 1)} ms; "
-        f"all done in {_num(item['elapsed_s'], 2)} s (ideal {_num(item['ideal_s'], 1)} s); "
+    )
+
+
+def _baseline_text(item: dict[str, Any]) -> str:
+    return (
+        _answers_text(item) + f"all done in {_num(item['elapsed_s'], 2)} s (ideal {_num(item['ideal_s'], 1)} s); "
         f"CPU {_num(item['cpu_s'], 1)} s (harness process)"
     )
 
@@ -107,10 +113,8 @@ def _layer_text(item: dict[str, Any]) -> str:
     return (
         f"added latency (model emit to client receive) p50/p99 {_num(item.get('added_p50_ms'), 1)}/"
         f"{_num(item.get('added_p99_ms'), 1)} ms (max {_num(item.get('added_max_ms'), 1)}); "
-        f"{item['completed']}/{item['n']} completed, {item['errors']} errors; "
-        f"lateness p50/p99 {_num(item['lateness_p50_ms'], 1)}/{_num(item['lateness_p99_ms'], 1)} ms; "
-        f"first token p50/p99 {_num(item['first_token_p50_ms'], 1)}/{_num(item['first_token_p99_ms'], 1)} ms; "
-        f"gap p50/p99 {_num(item['gap_p50_ms'], 1)}/{_num(item['gap_p99_ms'], 1)} ms (ideal 20); "
+        + _answers_text(item)
+        + f"gap p50/p99 {_num(item['gap_p50_ms'], 1)}/{_num(item['gap_p99_ms'], 1)} ms (ideal 20); "
         f"{_num(item['throughput_tokens_per_s'])} tok/s, all done in {_num(item['elapsed_s'], 2)} s "
         f"(ideal {_num(item['ideal_s'], 1)} s); CPU server/client {_num(item['server_cpu_s'], 1)}/"
         f"{_num(item['client_cpu_s'], 1)} s; RSS 0/idle/streaming "

@@ -179,16 +179,8 @@ async def test_slow_consumer_is_closed_and_others_are_unharmed(settings, owner):
     await healthy.close()
 
 
-@pytest.mark.asyncio
-@pytest.mark.django_db(transaction=True)
-async def test_group_sends_follow_time_not_tokens(layer, settings, owner, monkeypatch):
-    window = 0.03
-    paced(settings, 1000, BROADCAST_WINDOW_SECONDS=window)
-    asker = Client(user=owner)
-    conversation_id = (await asker.hello())["conversation_id"]
-    watcher = Client(f"/ws/agent/{conversation_id}/", user=owner)
-    await watcher.hello()
-
+def count_frame_sends(monkeypatch: Any) -> list[str]:
+    """From now on, the type of each run frame sent to a group, in order."""
     channel_layer = get_channel_layer()
     real_group_send = channel_layer.group_send
     sends: list[str] = []
@@ -199,6 +191,20 @@ async def test_group_sends_follow_time_not_tokens(layer, settings, owner, monkey
         await real_group_send(group, message)
 
     monkeypatch.setattr(channel_layer, "group_send", counting_group_send)
+    return sends
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_group_sends_follow_time_not_tokens(layer, settings, owner, monkeypatch):
+    window = 0.03
+    paced(settings, 1000, BROADCAST_WINDOW_SECONDS=window)
+    asker = Client(user=owner)
+    conversation_id = (await asker.hello())["conversation_id"]
+    watcher = Client(f"/ws/agent/{conversation_id}/", user=owner)
+    await watcher.hello()
+
+    sends = count_frame_sends(monkeypatch)
     await asker.prompt("Stream 2000 tokens")
     asked = [await asker.receive()]
     started = time.monotonic()
@@ -225,16 +231,7 @@ async def test_a_run_nobody_else_watches_costs_the_layer_one_message(layer, sett
     paced(settings, 1000)
     asker = Client(user=owner)
     conversation_id = (await asker.hello())["conversation_id"]
-    channel_layer = get_channel_layer()
-    real_group_send = channel_layer.group_send
-    sends: list[str] = []
-
-    async def counting_group_send(group: str, message: dict[str, Any]) -> None:
-        if message["type"] == FRAME_MESSAGE_TYPE:
-            sends.append(message["frame"]["type"])
-        await real_group_send(group, message)
-
-    monkeypatch.setattr(channel_layer, "group_send", counting_group_send)
+    sends = count_frame_sends(monkeypatch)
     await asker.prompt("Stream 100 tokens")
     alone = await asker.until_finished()
     assert alone[-1]["status"] == protocol.STATUS_COMPLETED and deltas(alone) == 100
