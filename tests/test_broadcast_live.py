@@ -116,10 +116,7 @@ async def test_no_replay_for_a_run_nobody_runs(settings, owner):
 @pytest.mark.django_db(transaction=True)
 async def test_frames_lost_by_the_layer_are_replayed(layer, settings, owner, monkeypatch):
     paced(settings, 300)
-    asker = Client(user=owner)
-    conversation_id = (await asker.hello())["conversation_id"]
-    watcher = Client(f"/ws/agent/{conversation_id}/", user=owner)
-    await watcher.hello()
+    asker, watcher = await asker_and_watcher(owner)
 
     channel_layer = get_channel_layer()
     real_group_send = channel_layer.group_send
@@ -179,6 +176,15 @@ async def test_slow_consumer_is_closed_and_others_are_unharmed(settings, owner):
     await healthy.close()
 
 
+async def asker_and_watcher(owner: Any) -> tuple[Client, Client]:
+    """A connection that opens a new conversation, and a second one watching it."""
+    asker = Client(user=owner)
+    conversation_id = (await asker.hello())["conversation_id"]
+    watcher = Client(f"/ws/agent/{conversation_id}/", user=owner)
+    await watcher.hello()
+    return asker, watcher
+
+
 def count_frame_sends(monkeypatch: Any) -> list[str]:
     """From now on, the type of each run frame sent to a group, in order."""
     channel_layer = get_channel_layer()
@@ -199,10 +205,7 @@ def count_frame_sends(monkeypatch: Any) -> list[str]:
 async def test_group_sends_follow_time_not_tokens(layer, settings, owner, monkeypatch):
     window = 0.03
     paced(settings, 1000, BROADCAST_WINDOW_SECONDS=window)
-    asker = Client(user=owner)
-    conversation_id = (await asker.hello())["conversation_id"]
-    watcher = Client(f"/ws/agent/{conversation_id}/", user=owner)
-    await watcher.hello()
+    asker, watcher = await asker_and_watcher(owner)
 
     sends = count_frame_sends(monkeypatch)
     await asker.prompt("Stream 2000 tokens")
@@ -255,10 +258,7 @@ async def test_a_run_nobody_else_watches_costs_the_layer_one_message(layer, sett
 @pytest.mark.django_db(transaction=True)
 async def test_a_watcher_presence_missed_still_gets_the_whole_run(layer, settings, owner, monkeypatch):
     paced(settings, 1000)
-    asker = Client(user=owner)
-    conversation_id = (await asker.hello())["conversation_id"]
-    watcher = Client(f"/ws/agent/{conversation_id}/", user=owner)
-    await watcher.hello()
+    asker, watcher = await asker_and_watcher(owner)
     # Presence has not counted the watcher (its message is late, or was lost): the run is taken as unwatched.
     monkeypatch.setattr(ConversationView, "watchers", property(lambda view: 1))
     await asker.prompt("Stream 100 tokens")
