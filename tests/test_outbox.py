@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agentapp import protocol
-from agentapp.consumers import Outbox
+from agentapp.outbox import Outbox
 
 
 def data(seq: int, text: str, run_id: str = "r1") -> dict[str, Any]:
