@@ -21,7 +21,7 @@ migrate: install
 	$(BIN)/python manage.py migrate --noinput
 
 run: migrate
-	$(BIN)/daphne -b $(HOST) -p $(PORT) project.asgi:application
+	$(BIN)/python -m agentapp.server -b $(HOST) -p $(PORT) project.asgi:application
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

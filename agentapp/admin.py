@@ -156,7 +156,7 @@ class RunInline(ReadOnlyInline):
 
 class MessageInline(ReadOnlyInline):
     model = Message
-    fields = ("position", "role", "partial", "content", "run", "created_at")
+    fields = ("position", "role", "partial", "altered", "content", "run", "created_at")
 
 
 class ToolResultInline(ReadOnlyInline):
@@ -267,8 +267,8 @@ class RunAdmin(ReadOnlyAdmin):
 class MessageAdmin(ReadOnlyAdmin):
     """Stored Strands messages."""
 
-    list_display = ("__str__", "conversation", "role", "partial", "run", "created_at")
-    list_filter = ("role", "partial")
+    list_display = ("__str__", "conversation", "role", "partial", "altered", "run", "created_at")
+    list_filter = ("role", "partial", "altered")
     list_select_related = ("conversation", "run")
 
 

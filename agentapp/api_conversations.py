@@ -6,18 +6,18 @@ each endpoint for client authors. A conversation the caller may not open answers
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.db import transaction
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from . import protocol
-from .access import LOGIN_REQUIRED, Denied, is_authenticated, open_conversation
+from . import params, protocol
+from .access import LOGIN_REQUIRED, TOO_MANY_CONVERSATIONS, Denied, is_authenticated, open_conversation
 from .conf import app_settings
 from .history import wire_message
 from .models import Conversation, Message, Run, ToolResult
@@ -26,9 +26,13 @@ from .views import visible_conversations
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+# The largest ``limit`` accepted (served as MAX_LIMIT) and the largest ``offset``.
+LIMIT_RANGE_MAX = 1000
+OFFSET_MAX = 1_000_000_000
 TITLE_MAX_CHARS = Conversation._meta.get_field("title").max_length
 
-ERR_INVALID_PARAMETER = "invalid_parameter"
+ERR_INVALID_PARAMETER = params.ERR_INVALID_PARAMETER
+ERR_BODY_TOO_LARGE = "body_too_large"
 ERR_METHOD_NOT_ALLOWED = "method_not_allowed"
 
 ### Responses ###
@@ -131,24 +135,46 @@ def owns(conversation: Conversation, request: HttpRequest) -> bool:
     return conversation.owner_id is None and bool(key) and conversation.session_key == key
 
 
+def json_body(request: HttpRequest, empty: Any = None) -> Any:
+    """The JSON of the request body (``empty`` when it is blank), parsed by ``protocol.decode_json``.
+
+    A body it refuses answers the JsonResponse returned instead: 413 ``body_too_large`` over ``MAX_FRAME_BYTES``,
+    400 ``invalid_json`` or ``too_deep``.
+    """
+    limit = app_settings.MAX_FRAME_BYTES
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        body = None
+    if body is None or len(body) > limit:
+        return error(413, ERR_BODY_TOO_LARGE, f"Request bodies are limited to {limit} bytes.")
+    if not body.strip():
+        return empty
+    try:
+        return protocol.decode_json(body)
+    except protocol.ProtocolError as refused:
+        return error(400, refused.code, refused.message)
+
+
+def query_error(refused: params.ParameterError) -> JsonResponse:
+    """The 400 answering a query parameter ``agentapp.params`` refused."""
+    return error(400, refused.code, refused.message)
+
+
 def _page(request: HttpRequest) -> tuple[int, int] | JsonResponse:
     try:
-        limit = int(request.GET.get("limit", DEFAULT_LIMIT))
-        offset = int(request.GET.get("offset", 0))
-    except ValueError:
-        return error(400, ERR_INVALID_PARAMETER, "limit and offset must be integers.")
-    if limit < 1 or offset < 0:
-        return error(400, ERR_INVALID_PARAMETER, "limit must be at least 1 and offset at least 0.")
+        query = params.query(request)
+        limit = params.integer(query, "limit", DEFAULT_LIMIT, 1, LIMIT_RANGE_MAX)
+        offset = params.integer(query, "offset", 0, 0, OFFSET_MAX)
+    except params.ParameterError as refused:
+        return query_error(refused)
     return min(limit, MAX_LIMIT), offset
 
 
 def _title(request: HttpRequest) -> str | JsonResponse:
-    if not request.body.strip():
-        return ""
-    try:
-        body = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
-        return error(400, protocol.ERR_INVALID_JSON, "The request body is not valid JSON.")
+    body = json_body(request, empty={})
+    if isinstance(body, JsonResponse):
+        return body
     if not isinstance(body, dict):
         return error(400, protocol.ERR_INVALID_JSON, "The request body must be a JSON object.")
     title = body.get("title", "")
@@ -186,6 +212,8 @@ def conversations(request: HttpRequest) -> HttpResponse:
         if isinstance(title, JsonResponse):
             return title
         created = open_conversation(request.user, session_key(request, create=True), None)
+        if created is TOO_MANY_CONVERSATIONS:  # CONVERSATIONS_PER_HOUR, as for a first prompt on a socket
+            return error(429, created.code, created.message)
         if isinstance(created, Denied):
             return denied(created)
         if title:

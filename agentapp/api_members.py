@@ -6,29 +6,34 @@ Errors answer ``{"error": code, "message": text}``; a conversation the caller ma
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from . import protocol
-from .access import OWNER, is_authenticated, role_of
-from .api_conversations import error
+from .access import OWNER, find_conversation, is_authenticated, role_of, store_new
+from .api_conversations import error, json_body
 from .models import Conversation
 from .sharing import SharingError, member_entry, members_of, share, unshare
+
+# The largest user id a database column holds (a signed 64-bit integer); a larger one in the path names no member.
+MAX_USER_ID = 2**63 - 1
 
 
 def owned_conversation(request: HttpRequest, conversation_id: Any) -> Conversation | JsonResponse:
     """The conversation if the caller owns it; otherwise the error to answer with."""
     if not is_authenticated(request.user):
         return error(401, protocol.ERR_LOGIN_REQUIRED, "Log in to share conversations.")
-    conversation = Conversation.objects.filter(pk=conversation_id).first()
+    conversation = find_conversation(conversation_id, request.user, None)
     role = role_of(conversation, request.user, None) if conversation is not None else None
     if role is None:
         return error(404, protocol.ERR_NOT_FOUND, "No such conversation.")
     if role != OWNER:
         return error(403, protocol.ERR_FORBIDDEN, "Only the owner manages who the conversation is shared with.")
+    refused = store_new(conversation)  # sharing a fresh conversation (no prompt yet) stores it
+    if refused is not None:
+        return error(429, refused.code, refused.message)
     return conversation
 
 
@@ -42,10 +47,9 @@ def members(request: HttpRequest, conversation_id: Any) -> HttpResponse:
         return conversation
     if request.method == "GET":
         return JsonResponse({"conversation_id": str(conversation.pk), "members": members_of(conversation)})
-    try:
-        body = json.loads(request.body or b"null")
-    except ValueError:
-        return error(400, protocol.ERR_INVALID_JSON, "The body is not valid JSON.")
+    body = json_body(request)
+    if isinstance(body, JsonResponse):
+        return body
     if not isinstance(body, dict) or not isinstance(body.get("username"), str):
         return error(400, "invalid_body", 'Send {"username": "...", "role": "member" or "viewer"}.')
     try:
@@ -62,6 +66,6 @@ def member(request: HttpRequest, conversation_id: Any, user_id: int) -> HttpResp
     conversation = owned_conversation(request, conversation_id)
     if isinstance(conversation, JsonResponse):
         return conversation
-    if not unshare(conversation, user_id):
+    if user_id > MAX_USER_ID or not unshare(conversation, user_id):
         return error(404, "not_a_member", "This user is not a member of the conversation.")
     return HttpResponse(status=204)

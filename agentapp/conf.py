@@ -28,12 +28,20 @@ DEFAULTS: dict[str, Any] = {
     "OFFLINE_TOKENS_PER_SECOND": 0,
     # System prompt of the default agent.
     "SYSTEM_PROMPT": "You are a helpful assistant. Use the calculator for arithmetic.",
-    # Hosts the default agent's http_get tool may fetch from; empty means the tool refuses every URL.
+    # Hosts the default agent's http_get tool may fetch from: "host" (ports 80/443) or "host:port"; empty: none.
     "HTTP_TOOL_ALLOWED_HOSTS": [],
+    # Time limit of one calculator call, in seconds; past it its worker process is killed and the call fails.
+    "TOOL_CPU_SECONDS": 2,
+    # Worker processes that run calculator calls (started on first use, shared by the threads of a process).
+    "TOOL_WORKERS": 2,
     # Largest accepted prompt, in characters.
     "MAX_PROMPT_CHARS": 16_000,
     # Largest accepted client frame, in bytes (text) or any binary frame.
     "MAX_FRAME_BYTES": 64_000,
+    # Largest WebSocket message agentapp.server's daphne reads (above MAX_FRAME_BYTES); past it: close code 1009.
+    "SERVER_MAX_MESSAGE_BYTES": 1_048_576,
+    # Deepest nesting of arrays and objects in client JSON (frames, SSE and API bodies); deeper gets ``too_deep``.
+    "MAX_JSON_DEPTH": 32,
     # Whether anonymous users may open conversations (their own, bound to the session).
     "ALLOW_ANONYMOUS": False,
     # How many messages of history the ``conversation`` frame carries on connect.
@@ -50,8 +58,17 @@ DEFAULTS: dict[str, Any] = {
     "RUN_LOG_KEEP_SECONDS": 30,
     # Frames waiting to be written to one socket; past this the socket is closed as a slow consumer.
     "SOCKET_QUEUE_FRAMES": 1000,
+    # Longest a socket's writes wait for the server's full write buffer to drain before it is closed as a slow consumer.
+    "SOCKET_WRITE_STALL_SECONDS": 30,
+    # Unsent bytes the kernel may hold per WebSocket (TCP_NOTSENT_LOWAT, set by agentapp.server); 0: the OS default.
+    "SERVER_SEND_LOWAT_BYTES": 131_072,
     # Wall-clock limit of one run, in seconds; a run over it is stopped and ends ``failed``.
     "RUN_TIME_LIMIT_SECONDS": 600,
+    # A running run whose process has not renewed its lease for this long died with it: the next process to touch
+    # the conversation ends it ``interrupted``. The owner renews every quarter of it.
+    "RUN_LEASE_SECONDS": 10,
+    # Streamed assistant text is saved at most this long after it was sent, so a crash loses about this much.
+    "PARTIAL_SAVE_SECONDS": 1.0,
     # Seconds between a process's presence heartbeats; a process silent for 2.5 of them is no longer counted.
     "PRESENCE_HEARTBEAT_SECONDS": 30,
     # Seconds between keep-alive comments on an idle Server-Sent Events stream (proxies close silent ones).
@@ -64,6 +81,14 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONCURRENT_RUNS": 100,
     # Whether a run goes on when the socket that started it closes (True) or is cancelled (False).
     "RUNS_CONTINUE_ON_DISCONNECT": False,
+    # New conversations one user (or anonymous session) may start per hour (``too_many_conversations``); 0: no limit.
+    "CONVERSATIONS_PER_HOUR": 60,
+    # Client frames one connection may send at once; past it they are refused (``too_many_frames``), see pacing.py.
+    "CLIENT_FRAME_BURST": 30,
+    # Client frames per second one connection may send on average, once its burst is spent.
+    "CLIENT_FRAMES_PER_SECOND": 5,
+    # Longest time the cleanup of a closed socket may take (presence, the run's save, leaving the group).
+    "DISCONNECT_TIMEOUT_SECONDS": 5.0,
 }
 
 

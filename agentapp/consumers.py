@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -19,8 +21,8 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import protocol, runlog
-from .access import OWNER, Denied, is_authenticated, may_prompt, open_with_role
+from . import leases, protocol, runlog
+from .access import OWNER, Denied, is_authenticated, is_stored, may_prompt, open_with_role, store_new
 from .agents import build_agent
 from .approvals import StaleApprovalState, restore_state
 from .broadcast import (
@@ -39,9 +41,10 @@ from .broadcast import (
 )
 from .conf import app_settings
 from .history import load_messages
-from .outbox import Outbox
+from .outbox import Outbox, write_flow
+from .pacing import CLOSE_TOO_MANY_FRAMES, ERR_TOO_MANY_FRAMES, FramePace, Verdict
 from .presence import Presence, wants_presence
-from .recorder import AgentUnavailable, ConversationBusy, cancel_approval, pending_approval, run_in_progress
+from .recorder import AgentUnavailable, ConversationBusy, cancel_approval, pending_approval
 from .runner import AgentRun
 
 logger = logging.getLogger(__name__)
@@ -55,7 +58,37 @@ RESOLVED_MESSAGE_TYPE = "agentapp.resolved"
 process_runs: set[asyncio.Task[None]] = set()
 runs_here: dict[str, AgentRun] = {}
 
-_SEQ_RE = re.compile(r"^-?\d{1,16}$")
+_SEQ_RE = re.compile(r"-?[0-9]{1,16}")
+# How long a cancel that found nothing to stop answers a repeated cancel from memory, with no database work.
+NOTHING_TO_CANCEL_MEMO_SECONDS = 1.0
+
+
+async def _until(deadline: float, step: Awaitable[Any], what: str) -> None:
+    """Await a cleanup step until the loop time ``deadline``; past it, log and go on without it."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await step
+    except TimeoutError:
+        logger.warning("agentapp: %s took too long when a socket closed; cleanup goes on without it", what)
+
+
+@dataclass(frozen=True)
+class StoredCancel:
+    """What a cancel found in the database: a live run elsewhere, dead runs it ended, or a wait it cleared."""
+
+    running: bool
+    ended: list[str]
+    cleared: dict[str, Any] | None
+
+
+def _cancel_stored(conversation_id: str, user: str, other_processes: bool) -> StoredCancel:
+    """One database hop for a cancel: runs whose process died are ended; then whether a live run is in progress
+    (asked only with ``other_processes``, where another process may run it), else the wait for approval it cancelled.
+    """
+    state = leases.running_state(conversation_id)
+    if other_processes and state.live:
+        return StoredCancel(True, state.ended, None)
+    return StoredCancel(False, state.ended, cancel_approval(conversation_id, user))
 
 
 _BUSY_MESSAGES = {
@@ -109,11 +142,20 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.resuming: set[str] = set()
         # Resume points (run -> seq) inside merged group frames still to come: those frames are cut there.
         self.floors: dict[str, int] = {}
+        self.pace = FramePace(app_settings.CLIENT_FRAME_BURST, app_settings.CLIENT_FRAMES_PER_SECOND)
+        # When a cancel last found nothing to stop (see request_cancel); None once a run may have started since.
+        self.nothing_to_cancel_at: float | None = None
         session_key = await self._session_key()
         conversation_id = self.scope.get("url_route", {}).get("kwargs", {}).get("conversation_id")
         opened = await database_sync_to_async(open_with_role)(self.user, session_key, conversation_id)
         await self.accept()
-        self.outbox = Outbox(self.base_send, app_settings.SOCKET_QUEUE_FRAMES)
+        self.outbox = Outbox(
+            self.base_send,
+            app_settings.SOCKET_QUEUE_FRAMES,
+            flow=write_flow(self.scope),
+            stall_seconds=app_settings.SOCKET_WRITE_STALL_SECONDS,
+            on_stall=self._close_slow_consumer,
+        )
         if isinstance(opened, Denied):
             await self.send_frame(protocol.error_frame(None, opened.code, opened.message))
             await self.close(code=opened.close_code)
@@ -124,10 +166,13 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if self.channel_layer is not None:
             # Join before reading the history: a frame sent after the read is then sure to arrive.
             await layer_call(self.channel_layer.group_add(self.group, self.channel_name), "group_add")
-        history, active = await database_sync_to_async(runlog.snapshot)(
-            self.conversation_id, app_settings.HISTORY_FRAME_MESSAGES, app_settings.RUN_TIME_LIMIT_SECONDS
-        )
-        pending = await database_sync_to_async(pending_approval)(self.conversation_id)
+        history: list[dict[str, Any]] = []
+        active, pending = None, None
+        if is_stored(self.conversation):  # a fresh conversation has no row yet, so nothing to read
+            history, active = await database_sync_to_async(runlog.snapshot)(
+                self.conversation_id, app_settings.HISTORY_FRAME_MESSAGES
+            )
+            pending = await database_sync_to_async(pending_approval)(self.conversation_id)
         hello = {
             "type": protocol.CONVERSATION,
             "conversation_id": self.conversation_id,
@@ -175,7 +220,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if "resume" not in query:
             return None
         seq: Any = query.get("seq", ["-1"])[-1]
-        seq = int(seq) if _SEQ_RE.match(seq) else seq
+        seq = int(seq) if _SEQ_RE.fullmatch(seq) else seq
         return protocol.parse_resume(query["resume"][-1], seq)
 
     async def _session_key(self) -> str | None:
@@ -187,14 +232,20 @@ class AgentConsumer(AsyncWebsocketConsumer):
         return session.session_key
 
     async def disconnect(self, code: int) -> None:
-        """Stop this connection's run (its stream is closed and the run saved), then leave the group."""
+        """Stop this connection's run (its stream is closed and the run saved), then leave the group.
+
+        Every step is bounded: the whole takes at most ``DISCONNECT_TIMEOUT_SECONDS`` (keep it under the server's
+        application close timeout, 10 s for daphne, or the server kills the connection before it is counted out).
+        """
         self.cancel_requested = True
         if self.outbox is not None:
             self.outbox.stop()
         for task in getattr(self, "tasks", ()):
             task.cancel()
+        leave = app_settings.BROADCAST_SEND_TIMEOUT_SECONDS  # group_discard's own bound, kept for last
+        deadline = asyncio.get_running_loop().time() + max(0.0, app_settings.DISCONNECT_TIMEOUT_SECONDS - leave)
         if self.presence is not None:
-            await self.presence.stop()
+            await _until(deadline, self.presence.stop(), "counting the connection out")
         if app_settings.RUNS_CONTINUE_ON_DISCONNECT and self.run_task is not None and not self.run_task.done():
             # The run goes on without this socket (its frames still reach the group); process_runs keeps it.
             self.cancel_requested = False
@@ -202,7 +253,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
         elif self.active_run is not None:
             self.active_run.cancel()
         if self.run_task is not None:
-            await asyncio.shield(self.run_task)
+            # Shielded: past the deadline the run still ends and saves in its task (process_runs keeps it).
+            await _until(deadline, asyncio.shield(self.run_task), "saving the cancelled run")
         if self.group and self.channel_layer is not None:
             await layer_call(self.channel_layer.group_discard(self.group, self.channel_name), "group_discard")
 
@@ -253,9 +305,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         for run_id in self.follower.unfinished():
             self.follower.expect_replay(run_id)
-        _, active = await database_sync_to_async(runlog.snapshot)(
-            self.conversation_id, 1, app_settings.RUN_TIME_LIMIT_SECONDS
-        )
+        _, active = await database_sync_to_async(runlog.snapshot)(self.conversation_id, 1)
         if active is not None and not self.running:
             self.follower.expect_replay(active["run_id"])
         await self._request_replays()
@@ -265,8 +315,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
     ### Client frames ###
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        """Validate a client frame and dispatch it; bad frames get an ``error`` frame, never a traceback."""
+        """Validate a client frame and dispatch it; bad frames get an ``error`` frame, never a traceback.
+
+        Frames over the connection's pace are refused before parsing (see agentapp.pacing), at no database cost.
+        """
         if self.conversation_id is None or self.role is None:
+            return
+        verdict = self.pace.check()
+        if verdict is not Verdict.ACCEPT:
+            await self._refuse_frame(verdict)
             return
         try:
             frame = protocol.parse_client_frame(
@@ -288,6 +345,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
         elif frame.type == protocol.CLIENT_INTERRUPT_RESPONSE:
             await self.answer_interrupts(frame.responses or {})
 
+    async def _refuse_frame(self, verdict: Verdict) -> None:
+        if verdict is Verdict.REFUSE:
+            await self.send_error(ERR_TOO_MANY_FRAMES, "Too many frames; slow down (frames are dropped until then).")
+        elif verdict is Verdict.CLOSE:
+            logger.info("agentapp: closing a socket of %s that kept flooding client frames", self.conversation_id)
+            await self.send_error(ERR_TOO_MANY_FRAMES, "Too many frames: the connection is closed.")
+            await self.close(code=CLOSE_TOO_MANY_FRAMES)
+            self.role = None  # nothing more is accepted
+
     async def start_run(self, prompt: str, resume: dict[str, Any] | None = None) -> None:
         """Start a run in a task, so this consumer keeps reading frames (a cancel) while it streams."""
         if self.running:
@@ -297,6 +363,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if limit and len(process_runs) >= limit:
             await self.send_error(protocol.ERR_SERVER_BUSY, "The server runs too many agents now; try again shortly.")
             return
+        if not is_stored(self.conversation):  # the first prompt of a fresh conversation writes its row
+            refused = await database_sync_to_async(store_new)(self.conversation)
+            if refused is not None:
+                await self.send_error(refused.code, refused.message)
+                return
+        self.nothing_to_cancel_at = None
         self.running = True
         self.cancel_requested = False
         self.run_task = asyncio.create_task(
@@ -323,17 +395,35 @@ class AgentConsumer(AsyncWebsocketConsumer):
         return self.user.get_username() if is_authenticated(self.user) else "anonymous"
 
     async def request_cancel(self) -> None:
-        """Cancel the conversation's active run, here or on any other connection to it, or its wait for approval."""
-        elsewhere = runs_here.get(self.conversation_id)
+        """Cancel the conversation's active run, here or on any other connection to it, or its wait for approval.
+
+        A run of this process is cancelled from memory; otherwise one database hop tells what to stop, and a cancel
+        repeated soon after one that found nothing is answered from memory.
+        """
         if self.active_run is not None:
             self.active_run.cancel()
-        elif self.running:
-            self.cancel_requested = True
-        elif elsewhere is not None:
+            return
+        if self.running:
+            self.cancel_requested = True  # the run is still starting: it is cancelled as soon as it exists
+            return
+        if (elsewhere := runs_here.get(self.conversation_id)) is not None:
             elsewhere.cancel()
-        elif self.channel_layer is not None and await database_sync_to_async(run_in_progress)(self.conversation_id):
+            return
+        if self._nothing_to_cancel_still():
+            await self.send_error(protocol.ERR_NO_ACTIVE_RUN, "There is no run to cancel.")
+            return
+        found = await database_sync_to_async(_cancel_stored)(
+            self.conversation_id, self._user_label(), self.channel_layer is not None
+        )
+        cleared = found.cleared
+        for run_id in found.ended:
+            await self._announce_dead(run_id)
+        if found.running:
             await layer_call(self.channel_layer.group_send(self.group, {"type": CANCEL_MESSAGE_TYPE}), "group_send")
-        elif cleared := await database_sync_to_async(cancel_approval)(self.conversation_id, self._user_label()):
+            self._spawn(self._end_if_dead_later(), "agentapp-cancel-watch")
+        elif found.ended:
+            return
+        elif cleared:
             frame = {
                 "type": protocol.INTERRUPT_RESOLVED,
                 "conversation_id": self.conversation_id,
@@ -346,7 +436,41 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 message = {"type": RESOLVED_MESSAGE_TYPE, "frame": frame, "origin": self.channel_name}
                 await layer_call(self.channel_layer.group_send(self.group, message), "group_send")
         else:
+            self.nothing_to_cancel_at = time.monotonic()
             await self.send_error(protocol.ERR_NO_ACTIVE_RUN, "There is no run to cancel.")
+
+    async def _end_if_dead_later(self) -> None:
+        """A cancel went to a run of another process: if that process is dead, end the run once its lease lapses."""
+        await asyncio.sleep(app_settings.RUN_LEASE_SECONDS + leases.renew_every())
+        state = await database_sync_to_async(leases.running_state)(self.conversation_id)
+        for run_id in state.ended:
+            await self._announce_dead(run_id)
+
+    async def _announce_dead(self, run_id: str) -> None:
+        """Tell this connection and the group that a run whose process died was ended ``interrupted``."""
+        frame = {
+            "type": protocol.RUN_FINISHED,
+            "conversation_id": self.conversation_id,
+            "run_id": run_id,
+            "status": protocol.STATUS_INTERRUPTED,
+            "stop_reason": "",
+            "error": leases.DEAD_RUN_ERROR,
+        }
+        await self._deliver([frame])
+        if self.channel_layer is not None:
+            message = {"type": RESOLVED_MESSAGE_TYPE, "frame": frame, "origin": self.channel_name}
+            await layer_call(self.channel_layer.group_send(self.group, message), "group_send")
+
+    def _spawn(self, work: Any, name: str) -> None:
+        """Run ``work`` in a task of this connection (cancelled when it closes)."""
+        task = asyncio.create_task(work, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _nothing_to_cancel_still(self) -> bool:
+        """Whether the last cancel found nothing, so recently that no run can have started unseen since."""
+        at = self.nothing_to_cancel_at
+        return at is not None and time.monotonic() - at < NOTHING_TO_CANCEL_MEMO_SECONDS
 
     async def resume_run(self, run_id: str, seq: int) -> None:
         """Send the frames of a run of this conversation past ``seq`` (from its log), then its live ones.
@@ -427,7 +551,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         )
         if self.channel_layer is not None:
             # The log exists before the run's row does, so a connection that sees the row can get a replay.
-            log = runlog.start(run.run_id)
+            log = runlog.start(run.run_id, self.conversation_id)
             broadcaster = GroupBroadcaster(
                 self.channel_layer,
                 self.group,
@@ -451,6 +575,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
             started = False
             self.running = False
             await self._agent_unavailable(unavailable.__cause__)
+        except Exception:
+            # AgentRun.execute reports its own failures; whatever escapes still reaches the client, never a log only.
+            logger.exception("agentapp: run %s of %s failed", run.run_id, self.conversation_id)
+            await self.send_error(protocol.ERR_RUN_FAILED, "The run failed.")
         finally:
             if runs_here.get(self.conversation_id) is run:
                 del runs_here[self.conversation_id]
@@ -481,6 +609,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         """A frame of a run started on another connection to this conversation."""
         if message.get("origin") == self.channel_name or self.follower is None:
             return
+        self.nothing_to_cancel_at = None  # a run of the conversation is (or was) going on
         await self._deliver(self.follower.offer(message["frame"], message.get("origin")))
         await self._request_replays()
 
@@ -492,6 +621,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def agentapp_resolved(self, message: dict[str, Any]) -> None:
         """A wait for approval ended without a new run (another connection cancelled it)."""
+        self.nothing_to_cancel_at = None
         if message.get("origin") != self.channel_name:
             await self._deliver([message["frame"]])
 
@@ -523,10 +653,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await self._send_sync(request)
 
     def _local_log(self, run_id: str) -> runlog.RunLog | None:
-        log = runlog.get(run_id)
-        if log is None or (log.frames and log.frames[0]["conversation_id"] != self.conversation_id):
-            return None  # a run of another conversation is none of this connection's business
-        return log
+        return runlog.get(run_id, self.conversation_id)
 
     async def _send_sync(self, request: SyncRequest) -> None:
         message = {
@@ -535,14 +662,13 @@ class AgentConsumer(AsyncWebsocketConsumer):
             "after": request.after,
             "sync_id": request.sync_id,
             "reply_to": self.channel_name,
+            "conversation_id": self.conversation_id,
         }
         if request.origin is not None:
             await layer_call(self.channel_layer.send(request.origin, message), "send")
         else:
             await layer_call(self.channel_layer.group_send(self.group, message), "group_send")
-        task = asyncio.create_task(self._await_replay(request), name=f"agentapp-sync-{request.run_id}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._spawn(self._await_replay(request), f"agentapp-sync-{request.run_id}")
 
     async def _await_replay(self, request: SyncRequest) -> None:
         await asyncio.sleep(app_settings.SYNC_TIMEOUT_SECONDS)
@@ -558,9 +684,16 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.send_error(protocol.ERR_RESUME_UNAVAILABLE, "The frames of this run are no longer kept.")
 
     async def agentapp_sync(self, message: dict[str, Any]) -> None:
-        """A connection asks for a run's frames; one connection of the process that has the run's log answers."""
-        log = runlog.get(message["run_id"])
-        if log is None or message["reply_to"] == self.channel_name or not log.claim(message["sync_id"]):
+        """A connection asks for a run's frames; one connection of the process that has the run's log answers.
+
+        Only a run of the asker's conversation (which is this connection's) is answered; any other gets no answer,
+        as an unknown run does, so the asker ends with ``resume_unavailable`` either way.
+        """
+        asker = message.get("conversation_id")
+        if asker != self.conversation_id or message["reply_to"] == self.channel_name:
+            return
+        log = runlog.get(message["run_id"], asker)
+        if log is None or not log.claim(message["sync_id"]):
             return
         chunks = runlog.replay_chunks(log.replay(message["after"]))
         for index, frames in enumerate(chunks):
@@ -637,7 +770,19 @@ class AgentConsumer(AsyncWebsocketConsumer):
             self._close_slow_consumer(outbox)
 
     def _close_slow_consumer(self, outbox: Outbox) -> None:
-        logger.info("agentapp: closing a socket of %s that fell %d frames behind", self.conversation_id, outbox.limit)
+        """Close a socket whose client does not read: drop the frames waiting, send ``slow_consumer`` and 4429."""
+        if outbox.stalled:
+            logger.info(
+                "agentapp: closing a slow consumer socket of %s: its writes waited %ss for the client to read",
+                self.conversation_id,
+                outbox.stall_seconds,
+            )
+        else:
+            logger.info(
+                "agentapp: closing a slow consumer socket of %s: it fell %d frames behind",
+                self.conversation_id,
+                outbox.limit,
+            )
         error = protocol.error_frame(
             self.conversation_id, protocol.ERR_SLOW_CONSUMER, "This connection fell too far behind and is closed."
         )

@@ -8,6 +8,8 @@ from .models import Message
 from .protocol import from_storable, json_safe
 
 INTERRUPTED_TOOL_TEXT = "Tool call did not finish: the run was stopped before it returned a result."
+# Closes a prompt that a run ended without answering, so the next prompt is never merged into it.
+UNANSWERED_NOTE = "(No answer: the run ended before the agent replied.)"
 
 
 def orphan_tool_uses(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -41,32 +43,57 @@ def error_results_for(tool_uses: list[dict[str, Any]], text: str = INTERRUPTED_T
     }
 
 
-def repair(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Make stored messages a valid model input: answer dangling tool uses and merge same-role neighbours."""
-    repaired: list[dict[str, Any]] = []
+def asks(message: dict[str, Any]) -> bool:
+    """Whether a message is a user turn with text: a prompt (not only tool results)."""
+    return message.get("role") == "user" and any(
+        isinstance(block, dict) and "text" in block for block in message.get("content") or []
+    )
 
-    def answer_orphans(answered_next: set[Any]) -> list[dict[str, Any]]:
-        if not repaired or repaired[-1]["role"] != "assistant":
-            return []
-        missing = [use for use in orphan_tool_uses(repaired) if use.get("toolUseId") not in answered_next]
+
+def _note() -> dict[str, Any]:
+    return {"role": "assistant", "content": [{"text": UNANSWERED_NOTE}]}
+
+
+def repair(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Make stored messages a valid model input: answer dangling tool uses and merge same-role neighbours.
+
+    A prompt is never merged into an earlier unanswered prompt: a note that no answer came stands between them.
+    Linear in the number of messages: tool uses are tracked as they are met.
+    """
+    repaired: list[dict[str, Any]] = []
+    open_uses: list[dict[str, Any]] = []  # tool uses of the last assistant message not answered yet
+
+    def close_open_uses(answered_next: set[Any]) -> list[dict[str, Any]]:
+        missing = [use for use in open_uses if use.get("toolUseId") not in answered_next]
+        open_uses.clear()
         return error_results_for(missing)["content"] if missing else []
 
     for message in messages:
         content = [block for block in message["content"] if block]
         if message["role"] == "user":
             answered_here = {block["toolResult"].get("toolUseId") for block in content if "toolResult" in block}
-            content = answer_orphans(answered_here) + content
+            content = close_open_uses(answered_here) + content
         else:
-            errors = answer_orphans(set())
+            errors = close_open_uses(set())
             if errors:
                 repaired.append({"role": "user", "content": errors})
         if not content:
             continue
+        if message["role"] == "assistant":
+            open_uses[:] = [
+                block["toolUse"]
+                for block in content
+                if isinstance(block, dict) and isinstance(block.get("toolUse"), dict)
+            ]
         if repaired and repaired[-1]["role"] == message["role"]:
+            if message["role"] == "user" and asks(repaired[-1]) and asks({"role": "user", "content": content}):
+                repaired.append(_note())
+                repaired.append({"role": "user", "content": content})
+                continue
             repaired[-1]["content"].extend(content)
         else:
             repaired.append({"role": message["role"], "content": content})
-    errors = answer_orphans(set())
+    errors = close_open_uses(set())
     if errors:
         repaired.append({"role": "user", "content": errors})
     return repaired
@@ -76,8 +103,12 @@ def prompt_input(messages: list[dict[str, Any]], prompt: str) -> str | None:
     """What to give ``stream_async``: the prompt, or None once it has joined the history's last user message.
 
     A run cut short after its tool results leaves the history ending on a user message. Models require
-    alternating roles, so the prompt is added to that message and Strands continues from the history.
+    alternating roles, so the prompt is added to that message and Strands continues from the history. A
+    prompt left unanswered there is closed with a note instead: a new prompt never re-asks an old one.
     """
+    if messages and asks(messages[-1]):
+        messages.append(_note())
+        return prompt
     if messages and messages[-1].get("role") == "user":
         last = messages[-1]
         messages[-1] = {**last, "content": [*last["content"], {"text": prompt}]}

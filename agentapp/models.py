@@ -60,6 +60,9 @@ class Run(models.Model):
     error = models.TextField(blank=True, default="")
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Renewed by the process running the run (agentapp.leases); a running run not renewed for
+    # ``RUN_LEASE_SECONDS`` died with its process and is ended ``interrupted`` by the next process to look.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     # While awaiting approval: the unanswered interrupts as sent in the ``interrupt`` frame, and the Strands
     # interrupt state (``approvals.export_state``) any process restores to resume. Cleared once answered.
     interrupts = models.JSONField(default=list, blank=True)
@@ -92,8 +95,10 @@ class Message(models.Model):
     position = models.PositiveIntegerField()
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.JSONField(default=list)
-    # True for assistant text cut short by a cancel, disconnect or failure.
+    # True for assistant text cut short by a cancel, disconnect or failure, or saved while it still streams.
     partial = models.BooleanField(default=False)
+    # True when text had to change to be stored: NUL characters and lone surrogates became U+FFFD.
+    altered = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -7,11 +7,31 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from . import protocol
 
 logger = logging.getLogger(__name__)
+
+# The ASGI scope extension under which a server offers a socket's ``WriteFlow`` (``agentapp.server`` does).
+FLOW_EXTENSION = "agentapp.flow"
+
+
+class WriteFlow(Protocol):
+    """The server's view of one socket's write buffer: whether it is full, and a way out when it stays full."""
+
+    paused: bool  # the server's write buffer is over its high-water mark: the client is not reading
+
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time the buffer has drained (``paused`` turned False) or the connection is gone."""
+
+    def abort(self) -> None:
+        """Drop the connection at once, with whatever is still buffered."""
+
+
+def write_flow(scope: dict[str, Any]) -> WriteFlow | None:
+    """The socket's ``WriteFlow`` if its server offers one (``agentapp.server``), else None."""
+    return (scope.get("extensions") or {}).get(FLOW_EXTENSION)
 
 
 @dataclass(slots=True)
@@ -56,19 +76,35 @@ class Outbox:
     is busy, or the client reads slowly) joins it, as the group broadcast merges deltas: the frame then
     covers ``seq_first``..``seq``. An idle socket gets each delta in a frame of its own, at once.
 
-    ASGI gives no backpressure of its own: under a server whose ``send`` waits for the client (uvicorn,
-    hypercorn, ``WebsocketCommunicator`` with a bounded queue) a client that stops reading makes this
-    queue grow, and once ``limit`` frames (merged ones counted for each frame in them) wait, ``put`` refuses
-    and the socket is closed as a slow consumer.
+    A client that stops reading makes this queue grow: under a server whose ``send`` waits for the client
+    (uvicorn, hypercorn, ``WebsocketCommunicator`` with a bounded queue), or one that offers a ``flow``
+    (``agentapp.server``: the writer waits while the server's write buffer is full). Once ``limit`` frames
+    (merged ones counted for each frame in them) wait, ``put`` refuses and the socket is closed as a slow
+    consumer; so is it, through ``on_stall``, when the write buffer stays full for ``stall_seconds``.
     """
 
-    def __init__(self, write: Callable[[dict[str, Any]], Awaitable[None]], limit: int) -> None:
+    def __init__(
+        self,
+        write: Callable[[dict[str, Any]], Awaitable[None]],
+        limit: int,
+        flow: WriteFlow | None = None,
+        stall_seconds: float = 30.0,
+        on_stall: Callable[[Outbox], None] | None = None,
+    ) -> None:
         self._write = write
         self.limit = limit
+        self.flow = flow
+        self.stall_seconds = stall_seconds
+        self._on_stall = on_stall
         self.overflowed = False
+        self.stalled = False  # the write buffer stayed full for stall_seconds
         self.closed = False
+        self._dropping = False  # finish() dropped the waiting frames: the one held by the writer goes too
         self._queue: deque[_Queued] = deque()
         self._ready = asyncio.Event()
+        self._wake = asyncio.Event()  # the flow drained, or finish() was called
+        if flow is not None:
+            flow.on_drain(self._wake.set)
         self.backlog = 0  # frames put and not yet written
         self.task = asyncio.create_task(self._drain(), name="agentapp-outbox")
 
@@ -90,8 +126,10 @@ class Outbox:
         if drop_waiting:
             self._queue.clear()
             self.backlog = 0
+            self._dropping = True
         self._queue.extend(_Queued(message, frames=0) for message in messages)
         self._ready.set()
+        self._wake.set()
         self.closed = True
 
     def stop(self) -> None:
@@ -107,6 +145,10 @@ class Outbox:
                 continue
             entry = self._queue.popleft()
             self.backlog -= entry.frames
+            # Frames wait for the client to read what the server holds; the last messages (a close) do not.
+            if entry.frames and not await self._drained():
+                self._stall()
+                continue
             message = entry.asgi()
             try:
                 await self._write(message)
@@ -114,4 +156,38 @@ class Outbox:
                 logger.debug("agentapp: dropped a message for a closed socket", exc_info=True)
             if message["type"] == "websocket.close":
                 self.closed = True
+                if self.flow is not None and not await self._drained(closing=True):
+                    self.flow.abort()  # the close frame cannot reach the client: drop the connection
                 return
+
+    async def _drained(self, closing: bool = False) -> bool:
+        """Wait until the server's write buffer is below its high-water mark; False if it stays full.
+
+        False after ``stall_seconds``, or (unless ``closing``) at once when ``finish`` drops the waiting frames.
+        """
+        flow = self.flow
+        if flow is None or not flow.paused:
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stall_seconds
+        while flow.paused and (closing or not self._dropping):
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
+            except TimeoutError:
+                return not flow.paused
+        return not flow.paused
+
+    def _stall(self) -> None:
+        """The frame the writer held is dropped; a socket whose buffer stayed full is closed as a slow consumer."""
+        if self._dropping or self.stalled:
+            return
+        self.stalled = True
+        logger.debug("agentapp: a socket's write buffer stayed full for %ss", self.stall_seconds)
+        if self.closed:  # closing already: only its last messages are written
+            self._queue = deque(entry for entry in self._queue if not entry.frames)
+            self.backlog = 0
+        elif self._on_stall is not None:
+            self._on_stall(self)
+        else:
+            self.finish([{"type": "websocket.close"}], drop_waiting=True)

@@ -19,6 +19,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .conf import app_settings
+
 ### Frame types ###
 
 # Strands events, forwarded under their stream_async key.
@@ -54,6 +56,8 @@ CLIENT_FRAME_TYPES = (CLIENT_PROMPT, CLIENT_CANCEL, CLIENT_INTERRUPT_RESPONSE, C
 
 # Error codes carried by ``error`` frames.
 ERR_INVALID_JSON = "invalid_json"
+# The JSON nests arrays and objects deeper than ``MAX_JSON_DEPTH``.
+ERR_TOO_DEEP = "too_deep"
 ERR_BINARY_FRAME = "binary_not_supported"
 ERR_FRAME_TOO_LARGE = "frame_too_large"
 ERR_INVALID_FRAME = "invalid_frame"
@@ -65,6 +69,7 @@ ERR_NO_ACTIVE_RUN = "no_active_run"
 ERR_RUN_FAILED = "run_failed"
 ERR_MODEL_THROTTLED = "model_throttled"
 ERR_TIME_LIMIT = "time_limit"
+ERR_STORAGE_FAILED = "storage_failed"
 ERR_FORBIDDEN = "forbidden"
 ERR_NOT_FOUND = "not_found"
 ERR_LOGIN_REQUIRED = "login_required"
@@ -130,7 +135,14 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
 
 def encode_frame(frame: Mapping[str, Any]) -> str:
     """Serialize a frame built by this module to compact JSON text."""
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (from a tool, say) has no UTF-8 form: escaped, the frame is still valid JSON text.
+            return json.dumps(frame, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return text
 
 
 ### Storage codec: content blocks with bytes (images, documents) survive a round trip to JSON ###
@@ -280,6 +292,69 @@ class ProtocolError(Exception):
         self.message = message
 
 
+### Client JSON: the one parser of every JSON text a client sends (frames, SSE and API bodies) ###
+
+# Longest number literal accepted, in characters: longer ones cost int() or float() time and mean nothing here.
+MAX_JSON_NUMBER_CHARS = 40
+
+
+class _Refused(ValueError):
+    """A JSON value the decoder's hooks refuse, with the reason told to the client."""
+
+
+def _parse_int(literal: str) -> int:
+    if len(literal) > MAX_JSON_NUMBER_CHARS:
+        raise _Refused(f"Numbers are limited to {MAX_JSON_NUMBER_CHARS} characters.")
+    return int(literal)
+
+
+def _parse_float(literal: str) -> float:
+    if len(literal) > MAX_JSON_NUMBER_CHARS:
+        raise _Refused(f"Numbers are limited to {MAX_JSON_NUMBER_CHARS} characters.")
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _Refused("Numbers must be finite.")
+    return value
+
+
+def _parse_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not JSON.")
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels (a scalar is 0, ``[]`` is 1), without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def decode_json(data: str | bytes, max_depth: int | None = None) -> Any:
+    """Parse JSON a client sent, raising ProtocolError ``invalid_json`` or ``too_deep`` and nothing else.
+
+    Bytes must be UTF-8; NaN, Infinity, non-finite and over-long numbers are refused; ``max_depth`` defaults to
+    the ``MAX_JSON_DEPTH`` setting.
+    """
+    limit = app_settings.MAX_JSON_DEPTH if max_depth is None else max_depth
+    too_deep = ProtocolError(ERR_TOO_DEEP, f"JSON may nest arrays and objects at most {limit} levels deep.")
+    try:
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+        value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+    except RecursionError:  # the C scanner recurses per level: far deeper than any limit
+        raise too_deep from None
+    except _Refused as refused:
+        raise ProtocolError(ERR_INVALID_JSON, str(refused)) from None
+    except ValueError:  # also UnicodeDecodeError, and ints over Python's digit limit
+        raise ProtocolError(ERR_INVALID_JSON, "The text is not valid JSON (UTF-8).") from None
+    if isinstance(value, (dict, list)) and _deeper_than(value, limit):
+        raise too_deep
+    return value
+
+
 @dataclass(frozen=True)
 class ClientFrame:
     """A validated client frame."""
@@ -294,17 +369,21 @@ class ClientFrame:
 
 
 def parse_client_frame(
-    text: str | None, binary: bytes | None, max_frame_bytes: int, max_prompt_chars: int
+    text: str | None,
+    binary: bytes | None,
+    max_frame_bytes: int,
+    max_prompt_chars: int,
+    max_depth: int | None = None,
 ) -> ClientFrame:
-    """Validate one raw WebSocket frame from a client, raising ProtocolError with a distinct code."""
+    """Validate one raw WebSocket frame from a client, raising ProtocolError with a distinct code.
+
+    ``max_depth`` defaults to the ``MAX_JSON_DEPTH`` setting.
+    """
     if binary is not None or text is None:
         raise ProtocolError(ERR_BINARY_FRAME, "Binary frames are not supported; send JSON text.")
     if len(text.encode("utf-8", errors="surrogatepass")) > max_frame_bytes:
         raise ProtocolError(ERR_FRAME_TOO_LARGE, f"Frames are limited to {max_frame_bytes} bytes.")
-    try:
-        content = json.loads(text)
-    except ValueError:
-        raise ProtocolError(ERR_INVALID_JSON, "The frame is not valid JSON.") from None
+    content = decode_json(text, max_depth)
     if not isinstance(content, dict):
         raise ProtocolError(ERR_INVALID_FRAME, "A frame must be a JSON object with a 'type'.")
     frame_type = content.get("type")

@@ -18,9 +18,13 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from .history import INTERRUPTED_TOOL_TEXT, error_results_for, orphan_tool_uses
-from .models import Conversation, Message, Run, ToolResult
-from .protocol import STATUS_AWAITING_APPROVAL, from_storable, to_storable, tool_results_in
+from . import leases
+from .conf import app_settings
+from .history import INTERRUPTED_TOOL_TEXT, UNANSWERED_NOTE, asks, error_results_for, orphan_tool_uses
+from .models import Conversation, Message, Run
+from .protocol import STATUS_AWAITING_APPROVAL, STATUS_FAILED, from_storable, tool_results_in
+from .storable import storable, storable_text
+from .transcript import write_message
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +71,19 @@ def create_run(
     run_id: Any,
     user_id: Any,
     prompt: str,
-    stale_after_seconds: float,
     resume_of: str | None = None,
     decisions: Mapping[str, Any] | None = None,
     runs_per_minute: int = 0,
+    prompt_altered: bool = False,
+    ended: list[str] | None = None,
 ) -> int:
     """Insert the Run and its prompt message (none for a resume); return the next free message position.
 
-    Raises ConversationBusy while another run is in progress; a run older than ``stale_after_seconds``
-    is taken as abandoned by a dead process and marked interrupted. While a run awaits approval, only its
-    resume (``resume_of``, answered with ``decisions``) may start: a prompt raises AwaitingApproval, a resume of
-    anything else NoPendingApproval. A user past ``runs_per_minute`` prompts (0: no limit) gets RateLimited.
+    Raises ConversationBusy while another run is in progress; a running run whose lease lapsed died with its
+    process and is ended first (``leases.end_dead_runs``). While a run awaits approval, only its resume
+    (``resume_of``, answered with ``decisions``) may start: a prompt raises AwaitingApproval, a resume of anything
+    else NoPendingApproval. A user past ``runs_per_minute`` prompts (0: no limit) gets RateLimited. The ids of
+    dead runs ended on the way are added to ``ended``.
     """
     with transaction.atomic():
         titles = Conversation.objects.select_for_update().filter(pk=conversation_id).values_list("title", flat=True)
@@ -85,17 +91,21 @@ def create_run(
         open_runs = list(
             Run.objects.filter(
                 conversation_id=conversation_id, status__in=[Run.Status.RUNNING, Run.Status.AWAITING_APPROVAL]
-            ).values_list("id", "status", "started_at")
+            ).values_list("id", "status", "started_at", "heartbeat_at")
         )
-        stale_before = timezone.now() - timedelta(seconds=stale_after_seconds)
-        running = [(pk, started) for pk, status, started in open_runs if status == Run.Status.RUNNING]
-        if stale := [pk for pk, started in running if started < stale_before]:
-            Run.objects.filter(pk__in=stale).update(
-                status=Run.Status.INTERRUPTED, error="Abandoned: its server stopped.", finished_at=timezone.now()
-            )
-        if len(stale) < len(running):
+        cutoff = leases.lapsed_before()
+        alive = [
+            leases.is_alive(heartbeat, started, cutoff)
+            for _, status, started, heartbeat in open_runs
+            if status == Run.Status.RUNNING
+        ]
+        if any(alive):
             raise ConversationBusy(str(conversation_id))
-        paused = next((pk for pk, status, _ in open_runs if status == Run.Status.AWAITING_APPROVAL), None)
+        if alive:
+            dead = leases.end_dead_runs(conversation_id)
+            if ended is not None:
+                ended.extend(dead)
+        paused = next((pk for pk, status, _, _ in open_runs if status == Run.Status.AWAITING_APPROVAL), None)
         if resume_of is None and paused is not None:
             raise AwaitingApproval(str(conversation_id))
         if resume_of is not None and (paused is None or str(paused) != str(resume_of)):
@@ -107,7 +117,12 @@ def create_run(
         top = Message.objects.filter(conversation_id=conversation_id).aggregate(top=Max("position"))["top"]
         position = 0 if top is None else top + 1
         run = Run.objects.create(
-            id=run_id, conversation_id=conversation_id, user_id=user_id, prompt=prompt, resumed_from_id=resume_of
+            id=run_id,
+            conversation_id=conversation_id,
+            user_id=user_id,
+            prompt=prompt,
+            resumed_from_id=resume_of,
+            heartbeat_at=timezone.now(),
         )
         if resume_of is not None:
             Run.objects.filter(pk=resume_of).update(
@@ -120,6 +135,7 @@ def create_run(
             position=position,
             role=Message.Role.USER,
             content=[{"text": prompt}],
+            altered=prompt_altered,
         )
         if untitled:
             Conversation.objects.filter(pk=conversation_id, title="").update(title=prompt[:TITLE_CHARS])
@@ -127,8 +143,8 @@ def create_run(
 
 
 def run_in_progress(conversation_id: Any) -> bool:
-    """Whether any connection or process is running a prompt of the conversation."""
-    return Run.objects.filter(conversation_id=conversation_id, status=Run.Status.RUNNING).exists()
+    """Whether a live process is running a prompt of the conversation (dead runs found are ended on the way)."""
+    return leases.running_state(conversation_id).live
 
 
 def pending_approval(conversation_id: Any) -> dict[str, Any] | None:
@@ -183,56 +199,23 @@ def cancel_approval(conversation_id: Any, user_label: str) -> dict[str, Any] | N
     return {"run_id": str(run.pk), "interrupts": run.interrupts}
 
 
-def write_message(
-    conversation_id: Any,
-    run_id: Any,
-    position: int,
-    message: Mapping[str, Any],
-    partial: bool,
-    tool_calls: Mapping[str, dict[str, Any]],
-) -> None:
-    """Insert one message and, for a user-role message, a ToolResult row per toolResult block."""
-    row = Message.objects.create(
-        conversation_id=conversation_id,
-        run_id=run_id,
-        position=position,
-        role=message["role"],
-        content=to_storable(list(message.get("content") or [])),
-        partial=partial,
-    )
-    results = [
-        ToolResult(
-            message=row,
-            run_id=run_id,
-            conversation_id=conversation_id,
-            tool_use_id=str(result.get("toolUseId", "")),
-            tool_name=tool_calls.get(str(result.get("toolUseId", "")), {}).get("name", ""),
-            tool_input=to_storable(tool_calls.get(str(result.get("toolUseId", "")), {}).get("input", {})),
-            status=ToolResult.Status.ERROR if result.get("status") == "error" else ToolResult.Status.SUCCESS,
-            content=to_storable(list(result.get("content") or [])),
-            duration_ms=tool_calls.get(str(result.get("toolUseId", "")), {}).get("duration_ms"),
-        )
-        for result in tool_results_in(message)
-    ]
-    if results:
-        ToolResult.objects.bulk_create(results)
-
-
 def finish_run(run_id: Any, conversation_id: Any, outcome: Mapping[str, Any]) -> None:
     """Record the run's status, stop reason, usage and timing, and touch the conversation."""
-    usage = outcome.get("usage") or {}
-    Run.objects.filter(pk=run_id).update(
+    usage, _ = storable(outcome.get("usage") or {})
+    metrics, _ = storable(outcome.get("metrics") or {})
+    # Only a run still running is finished here: one whose lease lapsed was ended by another process.
+    Run.objects.filter(pk=run_id, status=Run.Status.RUNNING).update(
         status=outcome["status"],
-        stop_reason=outcome.get("stop_reason", "")[:64],
+        stop_reason=storable_text(outcome.get("stop_reason", ""))[:64],
         input_tokens=int(usage.get("inputTokens", 0)),
         output_tokens=int(usage.get("outputTokens", 0)),
         total_tokens=int(usage.get("totalTokens", 0)),
         usage=usage,
-        metrics=outcome.get("metrics") or {},
+        metrics=metrics,
         latency_ms=outcome.get("latency_ms"),
-        error=outcome.get("error", ""),
-        interrupts=outcome.get("interrupts") or [],
-        interrupt_state=outcome.get("interrupt_state") or {},
+        error=storable_text(outcome.get("error", "")),
+        interrupts=storable(outcome.get("interrupts") or [])[0],
+        interrupt_state=storable(outcome.get("interrupt_state") or {})[0],
         finished_at=timezone.now(),
     )
     Conversation.objects.filter(pk=conversation_id).update(updated_at=timezone.now())
@@ -242,7 +225,12 @@ def finish_run(run_id: Any, conversation_id: Any, outcome: Mapping[str, Any]) ->
 
 
 class RunRecorder:
-    """Follows one run's events and writes them in order from a background writer task."""
+    """Follows one run's events and writes them in order from a background writer task.
+
+    While the run streams, a ticker saves the assistant text so far every ``PARTIAL_SAVE_SECONDS`` (one row,
+    overwritten, then replaced by the complete message) and renews the run's lease: statements follow time and
+    messages, never tokens. A write that fails is reported through ``on_trouble``, and the run is then failed.
+    """
 
     def __init__(
         self,
@@ -252,11 +240,13 @@ class RunRecorder:
         prompt: str,
         resume_of: str | None = None,
         decisions: Mapping[str, Any] | None = None,
+        prompt_altered: bool = False,
     ) -> None:
         self.conversation_id = conversation_id
         self.run_id = run_id
         self.user_id = user_id
         self.prompt = prompt
+        self.prompt_altered = prompt_altered
         self.resume_of = resume_of
         self.decisions = decisions
         self.runs_per_minute = 0
@@ -267,10 +257,19 @@ class RunRecorder:
         self._position = 0
         self._queue: asyncio.Queue[Callable[[], None] | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._started_at = time.monotonic()
         self.failed_writes = 0
+        # Set (from the database thread) when another process ended this run as dead: its lease was lost.
+        self.lease_lost = False
+        # Called on the event loop when a write failed or the lease was lost; the run stops and fails.
+        self.on_trouble: Callable[[str], None] | None = None
+        self._draft = False  # a row at ``_position`` holds the streamed text of the message in progress
+        self._text_version = 0  # deltas noted so far
+        self._saved_version = 0  # deltas saved in the draft row
+        self._renewed_at = time.monotonic()
 
-    async def start(self, stale_after_seconds: float, prepare: Callable[[], Any] | None = None) -> Any:
+    async def start(self, prepare: Callable[[], Any] | None = None) -> Any:
         """Write the Run and its prompt, then start the writer task; return what ``prepare`` returned.
 
         ``prepare`` runs first, in the same hop to the database thread. Raises ConversationBusy, or
@@ -282,20 +281,25 @@ class RunRecorder:
                 prepared = prepare() if prepare is not None else None
             except Exception as exc:
                 raise AgentUnavailable(str(exc)) from exc
+            ended: list[str] = []
             position = create_run(
                 self.conversation_id,
                 self.run_id,
                 self.user_id,
                 self.prompt,
-                stale_after_seconds,
                 self.resume_of,
                 self.decisions,
                 self.runs_per_minute,
+                self.prompt_altered,
+                ended,
             )
+            if ended and prepare is not None:
+                prepared = prepare()  # the history it read still had the dead run's turn open
             return prepared, position
 
         prepared, self._position = await database_sync_to_async(begin)()
         self._writer = asyncio.create_task(self._drain(), name=f"agentapp-recorder-{self.run_id}")
+        self._ticker = asyncio.create_task(self._tick(), name=f"agentapp-ticker-{self.run_id}")
         return prepared
 
     def seed(self, message: Mapping[str, Any]) -> None:
@@ -318,9 +322,11 @@ class RunRecorder:
         """Note one stream_async event; complete messages are queued for writing."""
         if isinstance(event.get("data"), str):
             self.pending_text.append(event["data"])
+            self._text_version += 1
         elif "event_loop_throttled_delay" in event:
             # Strands retries the model call from scratch: the text of the failed attempt is not part of the answer.
             self.pending_text = []
+            self._text_version += 1
         elif isinstance(event.get("message"), Mapping):
             self._on_message(event["message"])
 
@@ -346,10 +352,40 @@ class RunRecorder:
         self.messages.append(message)
         position = self._position
         self._position += 1
+        replace, self._draft = self._draft, False
+        self._saved_version = self._text_version
         calls = {key: dict(value) for key, value in self.tool_calls.items()}
         self._queue.put_nowait(
-            lambda: write_message(self.conversation_id, self.run_id, position, message, partial, calls)
+            lambda: write_message(self.conversation_id, self.run_id, position, message, partial, calls, replace)
         )
+
+    ### While it streams: the text so far and the lease ###
+
+    async def _tick(self) -> None:
+        interval = min(app_settings.PARTIAL_SAVE_SECONDS, leases.renew_every())
+        while True:
+            await asyncio.sleep(interval)
+            self._save_draft()
+            if time.monotonic() - self._renewed_at >= leases.renew_every():
+                self._renewed_at = time.monotonic()
+                self._queue.put_nowait(self._renew)
+
+    def _save_draft(self) -> None:
+        """Queue a save of the assistant text streamed since the last save, in the row its message will replace."""
+        if self._saved_version == self._text_version or not self.pending_text:
+            return
+        self._saved_version = self._text_version
+        message = {"role": "assistant", "content": [{"text": "".join(self.pending_text)}]}
+        position, replace, self._draft = self._position, self._draft, True
+        self._queue.put_nowait(
+            lambda: write_message(self.conversation_id, self.run_id, position, message, True, {}, replace)
+        )
+
+    def _renew(self) -> None:
+        if not leases.renew(self.run_id):
+            self.lease_lost = True
+
+    ### The writer ###
 
     async def _drain(self) -> None:
         """Run the queued writes in order, all those waiting in one hop to the database thread."""
@@ -359,9 +395,18 @@ class RunRecorder:
                 jobs.append(self._queue.get_nowait())
             writes = [job for job in jobs if job is not None]
             if writes:
+                failed = self.failed_writes
                 await database_sync_to_async(self._write_all)(writes)
+                if self.failed_writes > failed:
+                    self._trouble("A part of the run could not be saved.")
+                elif self.lease_lost:
+                    self._trouble("Another server ended this run as stopped.")
             if len(writes) < len(jobs):
                 return
+
+    def _trouble(self, message: str) -> None:
+        if self.on_trouble is not None:
+            self.on_trouble(message)
 
     def _write_all(self, writes: list[Callable[[], None]]) -> None:
         for write in writes:
@@ -372,16 +417,29 @@ class RunRecorder:
                 logger.exception("agentapp: could not save a message of run %s", self.run_id)
 
     async def finish(self, outcome: dict[str, Any]) -> None:
-        """Save partial text and answer dangling tool uses, then wait for every write and record the outcome."""
+        """Save partial text, answer dangling tool uses and close an unanswered turn, then record the outcome.
+
+        Waits for every write; a write that failed on the way turns the outcome into ``failed``.
+        """
+        if self._ticker is not None:
+            self._ticker.cancel()
         if self.pending_text:
             self._enqueue_message({"role": "assistant", "content": [{"text": "".join(self.pending_text)}]}, True)
             self.pending_text = []
         # A run paused for approval leaves its tool calls open: the resume answers them.
-        orphans = orphan_tool_uses(self.messages) if outcome.get("status") != STATUS_AWAITING_APPROVAL else []
-        if orphans:
-            self._enqueue_message(error_results_for(orphans, INTERRUPTED_TOOL_TEXT), False)
+        if outcome.get("status") != STATUS_AWAITING_APPROVAL:
+            orphans = orphan_tool_uses(self.messages)
+            if orphans:
+                self._enqueue_message(error_results_for(orphans, INTERRUPTED_TOOL_TEXT), False)
+            elif self.messages and asks(self.messages[-1]):
+                self._enqueue_message({"role": "assistant", "content": [{"text": UNANSWERED_NOTE}]}, True)
         outcome.setdefault("latency_ms", int((time.monotonic() - self._started_at) * 1000))
-        self._queue.put_nowait(lambda: finish_run(self.run_id, self.conversation_id, outcome))
+        self._queue.put_nowait(lambda: self._finish_run(outcome))
         self._queue.put_nowait(None)
         if self._writer is not None:
             await asyncio.shield(self._writer)
+
+    def _finish_run(self, outcome: dict[str, Any]) -> None:
+        if self.failed_writes:
+            outcome.update(status=STATUS_FAILED, error="A part of the run could not be saved.")
+        finish_run(self.run_id, self.conversation_id, outcome)

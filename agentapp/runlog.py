@@ -10,12 +10,9 @@ at any broadcast frame's end without repeating text.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from typing import Any
 
-from django.utils import timezone
-
-from . import protocol
+from . import leases, protocol
 from .models import Message, Run
 
 # Longest text the log merges into one ``data`` frame (each merge copies the text so far).
@@ -27,8 +24,9 @@ REPLAY_CHUNK_BYTES = 200_000
 class RunLog:
     """The frames one run has broadcast so far, in order."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, conversation_id: str = "") -> None:
         self.run_id = run_id
+        self.conversation_id = conversation_id
         self.frames: list[dict[str, Any]] = []
         # For each merged data frame (by index): (seq, text length) at the end of each broadcast frame in it.
         self._ends: dict[int, list[tuple[int, int]]] = {}
@@ -126,15 +124,22 @@ def replay_chunks(frames: list[dict[str, Any]], limit: int = REPLAY_CHUNK_BYTES)
 _logs: dict[str, RunLog] = {}
 
 
-def start(run_id: str) -> RunLog:
-    """Open the log of a run about to start in this process."""
-    log = _logs[run_id] = RunLog(run_id)
+def start(run_id: str, conversation_id: str) -> RunLog:
+    """Open the log of a run of this conversation about to start in this process."""
+    log = _logs[run_id] = RunLog(run_id, str(conversation_id))
     return log
 
 
-def get(run_id: str) -> RunLog | None:
-    """The log of a run of this process, live or finished within ``keep`` seconds."""
-    return _logs.get(run_id)
+def get(run_id: str, conversation_id: str | None) -> RunLog | None:
+    """The log of a run of this process and of this conversation, live or finished within ``keep`` seconds.
+
+    Every path that hands out a run's frames goes through here: for a run of any other conversation the answer is
+    None, exactly as for a run nobody knows, so a run id alone never reads a run.
+    """
+    log = _logs.get(run_id)
+    if log is None or conversation_id is None or log.conversation_id != str(conversation_id):
+        return None
+    return log
 
 
 def retire(run_id: str, keep_seconds: float) -> None:
@@ -148,24 +153,23 @@ def retire(run_id: str, keep_seconds: float) -> None:
 ### The database's view ###
 
 
-def snapshot(conversation_id: Any, limit: int, stale_after_seconds: float) -> tuple[list[dict[str, Any]], dict | None]:
+def snapshot(conversation_id: Any, limit: int) -> tuple[list[dict[str, Any]], dict | None]:
     """The last ``limit`` stored messages in wire form and the run in progress, read in one query so they agree.
 
-    A run still marked running but older than ``stale_after_seconds`` died with its server: it counts as over.
+    A run still marked running whose lease lapsed died with its server: it is ended here (``leases``) and read again.
     """
-    since = timezone.now() - timedelta(seconds=stale_after_seconds)
-    rows = list(
-        Message.objects.filter(conversation_id=conversation_id)
-        .order_by("-position")
-        .values("position", "role", "content", "partial", "run_id", "run__status", "run__started_at", "run__prompt")[
-            :limit
-        ]
-    )
+    rows = _tail(conversation_id, limit)
+    cutoff = leases.lapsed_before()
+    running = [row for row in rows if row["run__status"] == Run.Status.RUNNING]
+    if any(not leases.is_alive(row["run__heartbeat_at"], row["run__started_at"], cutoff) for row in running):
+        leases.end_dead_runs(conversation_id)
+        rows = _tail(conversation_id, limit)
     active = next(
         (
             {"run_id": str(row["run_id"]), "prompt": row["run__prompt"]}
             for row in rows
-            if row["run__status"] == Run.Status.RUNNING and row["run__started_at"] >= since
+            if row["run__status"] == Run.Status.RUNNING
+            and leases.is_alive(row["run__heartbeat_at"], row["run__started_at"], cutoff)
         ),
         None,
     )
@@ -180,3 +184,13 @@ def snapshot(conversation_id: Any, limit: int, stale_after_seconds: float) -> tu
         for row in reversed(rows)
     ]
     return messages, active
+
+
+def _tail(conversation_id: Any, limit: int) -> list[dict[str, Any]]:
+    """The last ``limit`` messages of a conversation, newest first, with the status of the run of each."""
+    fields = ("position", "role", "content", "partial", "run_id", "run__status", "run__started_at", "run__prompt")
+    return list(
+        Message.objects.filter(conversation_id=conversation_id)
+        .order_by("-position")
+        .values(*fields, "run__heartbeat_at")[:limit]
+    )

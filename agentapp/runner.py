@@ -19,7 +19,8 @@ from strands.types.exceptions import ContextWindowOverflowException, ModelThrott
 
 from . import approvals, protocol
 from .history import prompt_input
-from .recorder import RunRecorder
+from .recorder import AgentUnavailable, ConversationBusy, RunRecorder
+from .storable import storable
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +69,25 @@ class AgentRun:
     prepare: Callable[[], Agent] | None = None
 
     def __post_init__(self) -> None:
+        # Text a database cannot store (NUL, lone surrogates) is replaced before the model or anyone sees it.
+        self.prompt, altered = storable(self.prompt)
         self.frames = protocol.RunFrames(self.conversation_id, self.run_id)
         self.recorder = RunRecorder(
-            self.conversation_id, self.run_id, self.user_id, self.prompt, self.resume_of, self.responses
+            self.conversation_id, self.run_id, self.user_id, self.prompt, self.resume_of, self.responses, altered
         )
         self.recorder.runs_per_minute = self.runs_per_minute
+        self.recorder.on_trouble = self._fail_with
         self.tool_names: dict[str, str] = {}
         self.status = protocol.STATUS_COMPLETED
         self.stop_reason = ""
         self.timed_out = ""
+        self.trouble = ""
+
+    def _fail_with(self, message: str) -> None:
+        """Stop the run because it can no longer be recorded; it ends ``failed`` with a ``storage_failed`` error."""
+        if not self.trouble:
+            self.trouble = message
+            self.cancel()
 
     def cancel(self) -> None:
         """Ask the run to stop at Strands' next safe point."""
@@ -91,42 +102,28 @@ class AgentRun:
         await self.emit(self.frames.frame(payload))
 
     async def execute(self, time_limit: float) -> str:
-        """Run to the end and return the final status; raises only ConversationBusy or AgentUnavailable, first."""
-        prepared = await self.recorder.start(stale_after_seconds=time_limit, prepare=self.prepare)
+        """Run to the end and return the final status; raises only ConversationBusy or AgentUnavailable, first.
+
+        Whatever goes wrong after the run is stored reaches the client as an ``error`` frame, then ``run_finished``.
+        """
+        try:
+            prepared = await self.recorder.start(prepare=self.prepare)
+        except (ConversationBusy, AgentUnavailable):
+            raise
+        except Exception as exc:
+            logger.exception("agentapp: run %s could not be stored", self.run_id)
+            raise AgentUnavailable("The run could not be stored.") from exc
         if prepared is not None:
             self.agent = prepared
-        started: dict[str, Any] = {"type": protocol.RUN_STARTED, "prompt": self.prompt}
-        prompt: Any
-        if self.resume_of is not None:
-            started.update(resumes=self.resume_of, responses=self.responses)
-            prompt = approvals.responses_prompt(self.responses or {})
-            if self.agent.messages:
-                paused = self.agent.messages[-1]
-                self.recorder.seed(paused)
-                for block in paused.get("content") or []:
-                    if isinstance(block, dict) and isinstance(block.get("toolUse"), dict):
-                        self.tool_names[str(block["toolUse"].get("toolUseId"))] = str(block["toolUse"].get("name", ""))
-        else:
-            prompt = prompt_input(self.agent.messages, self.prompt)
-        await self._send(started)
         outcome: dict[str, Any] = {}
         timer = asyncio.get_running_loop().call_later(time_limit, self._time_out, time_limit)
-        stream = self.agent.stream_async(prompt, cancel_signal=self.cancel_signal)
+        stream = None
         try:
+            await self._send(self._started())
+            stream = self.agent.stream_async(self._input(), cancel_signal=self.cancel_signal)
             async for event in stream:
                 await self._forward(event, outcome)
-            if self.timed_out:
-                self.status = protocol.STATUS_FAILED
-                outcome["error"] = self.timed_out
-                await self._send({"type": protocol.ERROR, "code": protocol.ERR_TIME_LIMIT, "message": self.timed_out})
-            elif self.cancel_signal.is_set() or self.stop_reason == "cancelled":
-                self.status = protocol.STATUS_CANCELLED
-            elif self.stop_reason == "interrupt":
-                self.status = protocol.STATUS_AWAITING_APPROVAL
-                outcome.update(
-                    interrupts=approvals.interrupt_payloads(self.agent),
-                    interrupt_state=approvals.export_state(self.agent),
-                )
+            self._settle(outcome)
         except asyncio.CancelledError:
             self.status = protocol.STATUS_INTERRUPTED
             outcome["error"] = "The server stopped the run."
@@ -142,6 +139,43 @@ class AgentRun:
             timer.cancel()
         await self._close(stream, outcome)
         return self.status
+
+    def _started(self) -> dict[str, Any]:
+        """The ``run_started`` payload (with the answers, for a resume)."""
+        started: dict[str, Any] = {"type": protocol.RUN_STARTED, "prompt": self.prompt}
+        if self.resume_of is not None:
+            started.update(resumes=self.resume_of, responses=self.responses)
+        return started
+
+    def _input(self) -> Any:
+        """What ``stream_async`` is given: the prompt, or for a resume the answers to the paused tool calls."""
+        if self.resume_of is None:
+            return prompt_input(self.agent.messages, self.prompt)
+        if self.agent.messages:
+            paused = self.agent.messages[-1]
+            self.recorder.seed(paused)
+            for block in paused.get("content") or []:
+                if isinstance(block, dict) and isinstance(block.get("toolUse"), dict):
+                    self.tool_names[str(block["toolUse"].get("toolUseId"))] = str(block["toolUse"].get("name", ""))
+        return approvals.responses_prompt(self.responses or {})
+
+    def _settle(self, outcome: dict[str, Any]) -> None:
+        """Work out how a stream that ended without raising ended: time limit, cancel, approval or completion."""
+        if self.trouble:
+            self.status = protocol.STATUS_FAILED  # its error frame follows the last writes (see _close)
+            outcome["error"] = self.trouble
+        elif self.timed_out:
+            self.status = protocol.STATUS_FAILED
+            outcome["error"] = self.timed_out
+            outcome["error_frame"] = (protocol.ERR_TIME_LIMIT, self.timed_out)
+        elif self.cancel_signal.is_set() or self.stop_reason == "cancelled":
+            self.status = protocol.STATUS_CANCELLED
+        elif self.stop_reason == "interrupt":
+            self.status = protocol.STATUS_AWAITING_APPROVAL
+            outcome.update(
+                interrupts=approvals.interrupt_payloads(self.agent),
+                interrupt_state=approvals.export_state(self.agent),
+            )
 
     async def _forward(self, event: dict[str, Any], outcome: dict[str, Any]) -> None:
         if "tool_interrupt_event" in event:
@@ -161,13 +195,22 @@ class AgentRun:
         self.recorder.observe(event)
 
     async def _close(self, stream: Any, outcome: dict[str, Any]) -> None:
-        try:
-            await stream.aclose()
-        except Exception:
-            logger.exception("agentapp: closing the stream of run %s failed", self.run_id)
+        if stream is not None:
+            try:
+                await stream.aclose()
+            except Exception:
+                logger.exception("agentapp: closing the stream of run %s failed", self.run_id)
         outcome["status"] = self.status
         outcome.setdefault("stop_reason", self.stop_reason)
+        error_frame = outcome.pop("error_frame", None)
+        if error_frame is not None:
+            await self._send({"type": protocol.ERROR, "code": error_frame[0], "message": error_frame[1]})
         await self.recorder.finish(outcome)
+        if self.trouble or self.recorder.failed_writes:
+            # The record is incomplete: say so, whatever else ended the run.
+            self.status = protocol.STATUS_FAILED
+            message = self.trouble or "A part of the run could not be saved."
+            await self._send({"type": protocol.ERROR, "code": protocol.ERR_STORAGE_FAILED, "message": message})
         await self._send(
             {"type": protocol.RUN_FINISHED, "status": self.status, "stop_reason": outcome.get("stop_reason", "")}
         )

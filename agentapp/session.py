@@ -24,7 +24,8 @@ from strands.types.session import Session, SessionAgent, SessionMessage, Session
 
 from .models import AgentState, Conversation, Message, ToolResult
 from .protocol import from_storable, to_storable, tool_results_in
-from .recorder import TITLE_CHARS, write_message
+from .recorder import TITLE_CHARS
+from .transcript import write_message
 
 T = TypeVar("T")
 

@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
-from . import protocol
+from . import params, protocol
 from .access import is_authenticated, may_prompt
-from .api_conversations import error
+from .api_conversations import error, query_error
 from .conf import app_settings
 from .consumers import AgentConsumer
 from .loopback import LoopbackSocket
@@ -33,7 +34,10 @@ HTTP_STATUS_OF_CLOSE = {
 CONNECT_SLACK_SECONDS = 10
 # How long an EventSource waits before reconnecting after the stream ends, in milliseconds.
 RECONNECT_MILLISECONDS = 2000
-_EVENT_ID_RE = re.compile(r"^([0-9a-fA-F-]{32,36}):(-1|\d{1,15})$")
+# ``<run uuid>:<seq>``: ASCII only, seq -1 or up to 15 digits (below 2**53, as a JSON client keeps it).
+_EVENT_ID_RE = re.compile(r"([0-9a-fA-F-]{32,36}):(-1|[0-9]{1,15})")
+# Values of ``?presence=``, and whether each asks for presence frames.
+PRESENCE_VALUES = {"1": True, "true": True, "0": False, "false": False}
 
 consumer_application = AgentConsumer.as_asgi()
 
@@ -56,14 +60,12 @@ def encode_event(frame: dict[str, Any]) -> bytes:
 
 
 def parse_event_id(value: str) -> tuple[str, int] | None:
-    """The resume point in a ``Last-Event-ID``, or None when it is not one of ours."""
-    match = _EVENT_ID_RE.match(value.strip())
+    """The resume point in a ``Last-Event-ID``, or None when it is not exactly one of ours."""
+    match = _EVENT_ID_RE.fullmatch(value)
     if match is None:
         return None
-    try:
-        return str(uuid.UUID(match.group(1))), int(match.group(2))
-    except ValueError:
-        return None
+    run_id = params.canonical_uuid(match.group(1))
+    return (run_id, int(match.group(2))) if run_id is not None else None
 
 
 ### Requests ###
@@ -192,15 +194,22 @@ async def watch(request: HttpRequest, conversation_id: str) -> HttpResponse:
 
     ``?presence=1`` adds the ``presence`` frames, as on the WebSocket; the stream counts as a watcher either way.
     """
-    last = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id") or ""
-    query: dict[str, str] = {}
-    if last:
-        point = parse_event_id(last)
-        if point is None:
-            return error(400, protocol.ERR_INVALID_RESUME, "Last-Event-ID must be an id this stream sent.")
-        query = {"resume": point[0], "seq": str(point[1])}
-    if "presence" in request.GET:
-        query["presence"] = request.GET["presence"]  # the consumer decides, as for a socket's own URL
+    try:
+        given = params.query(request)
+        presence = params.choice(given, "presence", tuple(PRESENCE_VALUES)) or "0"
+        in_query = params.single(given, "last_event_id")
+    except params.ParameterError as refused:
+        return query_error(refused)
+    query: dict[str, str] = {"presence": "1"} if PRESENCE_VALUES[presence] else {}
+    resume = None
+    # Both are checked; the header, which the browser keeps current, wins. An empty header is none (as sent).
+    for last in (in_query, request.headers.get("Last-Event-ID") or None):
+        if last is not None:
+            resume = parse_event_id(last)
+            if resume is None:
+                return error(400, protocol.ERR_INVALID_RESUME, "Last-Event-ID must be an id this stream sent.")
+    if resume is not None:
+        query.update(resume=resume[0], seq=str(resume[1]))
     socket, hello = await _connect(request, conversation_id, query)
     if socket is None:
         return hello
@@ -212,7 +221,10 @@ async def post_frame(request: HttpRequest, conversation_id: str | None) -> HttpR
 
     Without a conversation id a new conversation is opened: its id is in the first (``conversation``) event.
     """
-    body = request.body
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        return error(413, protocol.ERR_FRAME_TOO_LARGE, f"Frames are limited to {app_settings.MAX_FRAME_BYTES} bytes.")
     try:
         frame = protocol.parse_client_frame(
             body.decode("utf-8", errors="strict"), None, app_settings.MAX_FRAME_BYTES, app_settings.MAX_PROMPT_CHARS

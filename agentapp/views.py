@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from django.contrib.auth.views import redirect_to_login
@@ -11,7 +10,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from .access import is_authenticated, may_open
+from . import params
+from .access import find_conversation, is_authenticated, may_open
 from .conf import app_settings
 from .models import Conversation
 
@@ -30,13 +30,21 @@ def visible_conversations(user: Any, session_key: str | None) -> QuerySet[Conver
     return Conversation.objects.filter(owner__isnull=True, session_key=session_key)
 
 
-def requested_conversation(value: str, user: Any, session_key: str | None) -> Conversation:
-    """The conversation named by the ``c`` query parameter, or 404 when it is malformed, missing or not theirs."""
+def requested_conversation(request: HttpRequest, user: Any, session_key: str | None) -> Conversation | None:
+    """The conversation named by the ``c`` query parameter (None without one); 404 unless it is one UUID they may open.
+
+    A malformed, repeated or unknown id answers as one the caller may not open, so ids do not leak.
+    """
     try:
-        conversation = Conversation.objects.get(pk=uuid.UUID(value))
-    except (ValueError, Conversation.DoesNotExist):
+        value = params.single(params.query(request), "c")
+    except params.ParameterError:
         raise Http404("No such conversation.") from None
-    if not may_open(conversation, user, session_key):
+    if value is None:
+        return None
+    conversation_id = params.canonical_uuid(value)
+    # A fresh conversation of theirs (no prompt yet, so no row) opens too: a reload, a second tab.
+    conversation = find_conversation(conversation_id, user, session_key) if conversation_id else None
+    if conversation is None or not may_open(conversation, user, session_key):
         raise Http404("No such conversation.")
     return conversation
 
@@ -50,9 +58,7 @@ def chat(request: HttpRequest) -> HttpResponse:
         if not request.session.session_key:
             request.session.save()
     session_key = None if request.user.is_authenticated else request.session.session_key
-    current = None
-    if "c" in request.GET:
-        current = requested_conversation(request.GET["c"], request.user, session_key)
+    current = requested_conversation(request, request.user, session_key)
     # Conversations are created on connect; list only those with a prompt (a title), plus the open one.
     shown = ~Q(title="")
     if current is not None:

@@ -188,9 +188,16 @@ class Server:
 
 
 def daphne(name: str, app: str, env: Mapping[str, str], workdir: Path) -> Server:
-    """A daphne server for the ASGI application at ``app``."""
+    """A plain daphne server for the ASGI application at ``app`` (the bare Channels baseline)."""
     port = free_port()
     argv = [str(BIN / "daphne"), "-b", HOST, "-p", str(port), app]
+    return Server(name, argv, dict(env), workdir / f"{name}.log", port=port)
+
+
+def agentapp_server(name: str, app: str, env: Mapping[str, str], workdir: Path) -> Server:
+    """Daphne as agentapp serves it (``python -m agentapp.server``: its message limit and write backpressure)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "agentapp.server", "-b", HOST, "-p", str(port), app]
     return Server(name, argv, dict(env), workdir / f"{name}.log", port=port)
 
 
@@ -259,11 +266,11 @@ class ServerPool:
             return daphne(name, "bench.bare_consumer:application", {}, self.workdir)
         if name == "agentapp":
             env = {"DATABASE_URL": self.sqlite_url(name), **agentapp_env}
-            return daphne(name, "project.asgi:application", env, self.workdir)
+            return agentapp_server(name, "project.asgi:application", env, self.workdir)
         if name == "agentapp-redis":
             require_redis()
             env = {"DATABASE_URL": self.sqlite_url(name), "REDIS_URL": REDIS_URL, **agentapp_env}
-            return daphne(name, "project.asgi:application", env, self.workdir)
+            return agentapp_server(name, "project.asgi:application", env, self.workdir)
         if name.startswith("agentapp-paced-"):  # agentapp-paced-<memory|redis>-<n>
             # Capacity is what is measured: the per-process limit on runs (100 by default) is lifted.
             env = {
@@ -276,7 +283,7 @@ class ServerPool:
             if name.startswith("agentapp-paced-redis"):
                 require_redis()
                 env["REDIS_URL"] = REDIS_URL
-            return daphne(name, "project.asgi:application", env, self.workdir)
+            return agentapp_server(name, "project.asgi:application", env, self.workdir)
         if name == "redis-fanout":
             return redis_server(name, self.workdir)
         if name.startswith("agentapp-fanout-"):  # agentapp-fanout-<core|pubsub>-<1|2>: one cluster per layer
@@ -293,7 +300,7 @@ class ServerPool:
                 "REDIS_URL": f"redis://{HOST}:{redis.port}/0",
                 "AGENTAPP_CHANNEL_LAYER": layer,
             }
-            server = daphne(name, "project.asgi:application", env, self.workdir)
+            server = agentapp_server(name, "project.asgi:application", env, self.workdir)
             server.placeholders[f":{redis.port}/"] = ":<redis-port>/"
             return server
         raise BenchError(f"no server named {name!r}")

@@ -94,6 +94,8 @@ AGENTAPP = {
 }
 if os.environ.get("AGENTAPP_MAX_CONCURRENT_RUNS"):
     AGENTAPP["MAX_CONCURRENT_RUNS"] = int(os.environ["AGENTAPP_MAX_CONCURRENT_RUNS"])
+if os.environ.get("AGENTAPP_RUN_LEASE_SECONDS"):
+    AGENTAPP["RUN_LEASE_SECONDS"] = float(os.environ["AGENTAPP_RUN_LEASE_SECONDS"])
 if os.environ.get("BEDROCK_MODEL_ID"):
     AGENTAPP["BEDROCK_MODEL_ID"] = os.environ["BEDROCK_MODEL_ID"]
 if os.environ.get("AWS_REGION"):

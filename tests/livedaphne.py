@@ -28,7 +28,6 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 START_TIMEOUT = 30
 MIGRATE_TIMEOUT = 180
@@ -42,6 +41,7 @@ class LiveDaphne:
 
     url: str
     log: Path
+    pid: int = 0  # the server process, for tests that kill it
 
     def output(self) -> str:
         """Everything the server printed so far."""
@@ -153,14 +153,14 @@ def manage(environment: Mapping[str, str], *args: str) -> str:
 
 @contextmanager
 def serve(environment: Mapping[str, str], log: Path) -> Iterator[LiveDaphne]:
-    """Serve ``project.asgi:application`` with daphne on a free port; the database is migrated already."""
-    daphne = BIN / "daphne"
-    if not daphne.exists():
-        pytest.fail(f"{daphne} is missing: install requirements.txt into this virtualenv")
+    """Serve ``project.asgi:application`` with agentapp's daphne (``python -m agentapp.server``) on a free port.
+
+    The database is migrated already.
+    """
     port = free_port()
     with log.open("wb") as output:
         server = subprocess.Popen(
-            [str(daphne), "-b", HOST, "-p", str(port), "project.asgi:application"],
+            [sys.executable, "-m", "agentapp.server", "-b", HOST, "-p", str(port), "project.asgi:application"],
             cwd=ROOT,
             env=dict(environment),
             stdout=output,
@@ -168,7 +168,7 @@ def serve(environment: Mapping[str, str], log: Path) -> Iterator[LiveDaphne]:
         )
     try:
         wait_for_port(port, server, log)
-        yield LiveDaphne(url=f"http://{HOST}:{port}", log=log)
+        yield LiveDaphne(url=f"http://{HOST}:{port}", log=log, pid=server.pid)
     finally:
         stop(server)
 

@@ -60,7 +60,7 @@ def demo_mode(settings: Any) -> None:
 def calculator_run(conversation: Conversation, user: Any = None, finished: bool = True) -> uuid.UUID:
     """A 2+2 run written the way the recorder writes one: prompt, tool use, tool result, answer, outcome."""
     run_id = uuid.uuid4()
-    position = create_run(conversation.pk, run_id, user.pk if user else None, "Calculate 2+2", 600)
+    position = create_run(conversation.pk, run_id, user.pk if user else None, "Calculate 2+2")
     calls = {"tu-1": {"name": "calculator", "input": {"expression": "2+2"}, "duration_ms": 3}}
     steps = [
         ({"role": "assistant", "content": [{"toolUse": TOOL_USE}]}, False),

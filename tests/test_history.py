@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from agentapp import protocol
-from agentapp.history import INTERRUPTED_TOOL_TEXT, load_messages, orphan_tool_uses, prompt_input, repair
+from agentapp.history import (
+    INTERRUPTED_TOOL_TEXT,
+    UNANSWERED_NOTE,
+    load_messages,
+    orphan_tool_uses,
+    prompt_input,
+    repair,
+)
 from agentapp.models import Conversation, Message
 
 
@@ -119,11 +126,29 @@ def test_assistant_after_an_unanswered_tool_use_gets_results_in_between():
     assert_valid_history(repaired)
 
 
-def test_consecutive_user_messages_are_merged():
+def test_a_prompt_is_never_merged_into_an_unanswered_prompt():
+    """A run that died after its prompt must not have that prompt applied again with the next one."""
     messages = [user(text("a")), user(text("b")), assistant(text("c")), user(text("d")), user(text("e"))]
     repaired = repair(messages)
-    assert repaired == [user(text("a"), text("b")), assistant(text("c")), user(text("d"), text("e"))]
+    assert repaired == [
+        user(text("a")),
+        assistant(text(UNANSWERED_NOTE)),
+        user(text("b")),
+        assistant(text("c")),
+        user(text("d")),
+        assistant(text(UNANSWERED_NOTE)),
+        user(text("e")),
+    ]
     assert_valid_history(repaired)
+
+
+def test_repair_is_linear_in_the_history():
+    """A long conversation of tool rounds repairs in time proportional to its length (counted, not timed)."""
+    messages = []
+    for n in range(2000):
+        messages += [user(text(f"q{n}")), assistant(use(f"t{n}")), user(result(f"t{n}")), assistant(text("ok"))]
+    repaired = repair(messages)
+    assert repaired == messages
 
 
 def test_tool_results_then_a_prompt_after_a_cancel_merge_into_one_user_message():
@@ -135,8 +160,8 @@ def test_tool_results_then_a_prompt_after_a_cancel_merge_into_one_user_message()
 
 
 def test_empty_blocks_and_empty_messages_are_dropped():
-    messages = [user(text("a"), {}), assistant(), user(text("b"))]
-    assert repair(messages) == [user(text("a"), text("b"))]
+    messages = [user(text("a"), {}), assistant(), assistant(text("b"), {})]
+    assert repair(messages) == [user(text("a")), assistant(text("b"))]
 
 
 def test_repair_does_not_modify_its_input():
@@ -171,6 +196,13 @@ def test_prompt_after_a_user_message_joins_it():
     assert messages[-1] == user(result("t1"), text("next"))
     assert stored_last == user(result("t1"))  # the caller's message object is left alone
     assert_valid_history(messages)
+
+
+def test_prompt_after_an_unanswered_prompt_starts_a_turn_of_its_own():
+    """A history ending on a prompt nothing answered gets a note, and the new prompt is passed on its own."""
+    messages = [user(text("Stream 400 tokens"))]
+    assert prompt_input(messages, "Calculate 3+3") == "Calculate 3+3"
+    assert messages == [user(text("Stream 400 tokens")), assistant(text(UNANSWERED_NOTE))]
 
 
 def test_prompt_into_an_empty_history_is_passed_as_is():

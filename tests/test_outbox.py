@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agentapp import protocol
-from agentapp.outbox import Outbox
+from agentapp.outbox import FLOW_EXTENSION, Outbox, write_flow
 
 
 def data(seq: int, text: str, run_id: str = "r1") -> dict[str, Any]:
@@ -78,3 +78,115 @@ async def test_an_idle_socket_gets_each_delta_alone_and_a_full_one_overflows():
     assert outbox.put(data(4, "a ")) and outbox.put(data(5, "b "))  # merged into one entry, counted as two
     assert not outbox.put(data(6, "c ")) and outbox.overflowed
     outbox.stop()
+
+
+class FakeFlow:
+    """A server's write buffer the test fills and drains: what ``agentapp.server`` offers as ``agentapp.flow``."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.callbacks: list[Any] = []
+        self.aborted = asyncio.Event()
+
+    def on_drain(self, callback: Any) -> None:
+        self.callbacks.append(callback)
+
+    def abort(self) -> None:
+        self.aborted.set()
+
+    def drain(self) -> None:
+        self.paused = False
+        for callback in self.callbacks:
+            callback()
+
+
+def closing(outbox: Outbox) -> None:
+    """What the consumer does with a slow consumer: its error frame and close, dropping what waits."""
+    error = {"type": "websocket.send", "text": '{"type": "error"}'}
+    outbox.finish([error, {"type": "websocket.close", "code": 4429}], drop_waiting=True)
+
+
+def test_a_socket_offers_its_flow_through_a_scope_extension():
+    flow = FakeFlow()
+    assert write_flow({"type": "websocket", "extensions": {FLOW_EXTENSION: flow}}) is flow
+    assert write_flow({"type": "websocket"}) is None
+    assert write_flow({"type": "websocket", "extensions": None}) is None
+
+
+@pytest.mark.asyncio
+async def test_the_writer_waits_while_the_servers_buffer_is_full_and_frames_merge_meanwhile():
+    socket = GatedSocket()
+    socket.gate.set()
+    flow = FakeFlow()
+    outbox = Outbox(socket.send, limit=10, flow=flow, stall_seconds=60)
+    assert outbox.put(data(0, "a "))
+    await socket.until(1)
+    flow.paused = True  # the client stopped reading: the server's buffer is over its high-water mark
+    assert outbox.put(data(1, "w1 "))
+    await asyncio.sleep(0)  # the writer takes it and waits for the buffer to drain
+    assert outbox.put(data(2, "w2 ")) and outbox.put(data(3, "w3 "))
+    assert len(socket.written) == 1 and outbox.backlog == 2  # one held by the writer, two merged behind it
+    flow.drain()
+    written = await socket.until(3)
+    assert [(f.get("seq_first"), f["seq"], f["data"]) for f in written] == [
+        (None, 0, "a "),
+        (None, 1, "w1 "),
+        (2, 3, "w2 w3 "),
+    ]
+    assert not flow.aborted.is_set()
+    outbox.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_full_buffer_fills_the_outbox_and_the_close_that_cannot_drain_drops_the_connection():
+    socket = GatedSocket()
+    socket.gate.set()
+    flow = FakeFlow()
+    flow.paused = True
+    outbox = Outbox(socket.send, limit=3, flow=flow, stall_seconds=0.05)
+    for seq in range(3):
+        assert outbox.put({"type": protocol.RESULT, "seq": seq})
+    assert not outbox.put({"type": protocol.RESULT, "seq": 3}) and outbox.overflowed
+    closing(outbox)
+    written = await socket.until(2)  # the last messages do not wait; the frames waiting are dropped
+    assert written == [{"type": "error"}, {"type": "websocket.close", "code": 4429}]
+    await asyncio.wait_for(flow.aborted.wait(), 5)  # the close frame never drained
+    await asyncio.wait_for(outbox.task, 5)
+
+
+@pytest.mark.asyncio
+async def test_a_write_blocked_for_stall_seconds_closes_the_socket_as_a_slow_consumer():
+    socket = GatedSocket()
+    socket.gate.set()
+    flow = FakeFlow()
+    flow.paused = True
+    stalled = asyncio.Event()
+
+    def on_stall(outbox: Outbox) -> None:
+        closing(outbox)
+        stalled.set()
+
+    outbox = Outbox(socket.send, limit=1000, flow=flow, stall_seconds=0.05, on_stall=on_stall)
+    assert outbox.put(data(0, "a ")) and outbox.put(data(1, "b "))
+    await asyncio.wait_for(stalled.wait(), 5)
+    assert outbox.stalled and outbox.closed and not outbox.put(data(2, "c "))
+    written = await socket.until(2)
+    assert written == [{"type": "error"}, {"type": "websocket.close", "code": 4429}]
+    await asyncio.wait_for(flow.aborted.wait(), 5)
+
+
+@pytest.mark.asyncio
+async def test_a_close_that_drains_keeps_the_frames_before_it_and_does_not_drop_the_connection():
+    socket = GatedSocket()
+    socket.gate.set()
+    flow = FakeFlow()
+    flow.paused = True
+    outbox = Outbox(socket.send, limit=10, flow=flow, stall_seconds=60)
+    assert outbox.put(data(0, "a "))
+    outbox.finish([{"type": "websocket.close", "code": 1000}])
+    await asyncio.sleep(0)
+    assert socket.written == []  # the frame waits for the buffer, and the close behind it
+    flow.drain()
+    assert await socket.until(2) == [data(0, "a "), {"type": "websocket.close", "code": 1000}]
+    await asyncio.wait_for(outbox.task, 5)
+    assert not flow.aborted.is_set()

@@ -133,7 +133,15 @@ async def test_resume_of_an_unknown_or_foreign_run_is_unavailable(layer, paced, 
     await client.close()
     await other.close()
 
-    bad_url = Client(f"/ws/agent/{foreign[-1]['conversation_id']}/?resume=x&seq=1", user=user)
-    await bad_url.hello()
-    assert (await bad_url.receive())["code"] == protocol.ERR_INVALID_RESUME
-    await bad_url.close()
+    run_id = foreign[-1]["run_id"]
+    # Only ASCII digits make a seq: Arabic-Indic digits, a trailing newline or a sign alone are refused.
+    for query in (
+        "resume=x&seq=1",
+        f"resume={run_id}&seq=%D9%A1%D9%A2",
+        f"resume={run_id}&seq=5%0A",
+        f"resume={run_id}&seq=-",
+    ):
+        bad_url = Client(f"/ws/agent/{foreign[-1]['conversation_id']}/?{query}", user=user)
+        await bad_url.hello()
+        assert (await bad_url.receive())["code"] == protocol.ERR_INVALID_RESUME, query
+        await bad_url.close()

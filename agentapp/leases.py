@@ -1,0 +1,85 @@
+"""Run leases: the process running a run renews its row's heartbeat; a run whose lease lapsed died with it.
+
+Whichever process next touches the conversation (a prompt, a cancel, a connection, a delete) ends such a run
+``interrupted`` and closes its turn, so a crash locks a conversation for ``RUN_LEASE_SECONDS`` at most.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from .conf import app_settings
+from .history import INTERRUPTED_TOOL_TEXT
+from .models import Conversation, Run
+from .transcript import close_turn
+
+DEAD_RUN_ERROR = "Interrupted: the server running it stopped."
+DEAD_RUN_NOTE = "(No answer: the run was interrupted when the server running it stopped.)"
+
+
+def renew_every() -> float:
+    """Seconds between two renewals of a run's lease by its process."""
+    return app_settings.RUN_LEASE_SECONDS / 4
+
+
+def lapsed_before(now: datetime | None = None) -> datetime:
+    """A running run whose last heartbeat is older than this has no live owner."""
+    return (now or timezone.now()) - timedelta(seconds=app_settings.RUN_LEASE_SECONDS)
+
+
+def is_alive(heartbeat_at: datetime | None, started_at: datetime, cutoff: datetime) -> bool:
+    """Whether a running run's owner renewed its lease since ``cutoff`` (rows from before leases count their start)."""
+    return (heartbeat_at or started_at) >= cutoff
+
+
+def _lapsed(cutoff: datetime) -> Q:
+    return Q(status=Run.Status.RUNNING) & (
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+    )
+
+
+def renew(run_id: Any) -> bool:
+    """Renew a run's lease; False when the run is no longer running (another process ended it as dead)."""
+    return bool(Run.objects.filter(pk=run_id, status=Run.Status.RUNNING).update(heartbeat_at=timezone.now()))
+
+
+def end_dead_runs(conversation_id: Any) -> list[str]:
+    """End the conversation's running runs whose lease lapsed, closing their turn; return their ids."""
+    cutoff = lapsed_before()
+    with transaction.atomic():
+        Conversation.objects.select_for_update().filter(pk=conversation_id).first()
+        dead = list(Run.objects.filter(_lapsed(cutoff), conversation_id=conversation_id).values_list("pk", flat=True))
+        if not dead:
+            return []
+        Run.objects.filter(pk__in=dead).update(
+            status=Run.Status.INTERRUPTED, error=DEAD_RUN_ERROR, finished_at=timezone.now()
+        )
+        close_turn(conversation_id, dead[-1], INTERRUPTED_TOOL_TEXT, DEAD_RUN_NOTE)
+    return [str(pk) for pk in dead]
+
+
+@dataclass(frozen=True)
+class RunningState:
+    """What a look at a conversation's running runs found: whether a live one is left, and the dead ones ended."""
+
+    live: bool
+    ended: list[str]
+
+
+def running_state(conversation_id: Any) -> RunningState:
+    """Whether a live process runs a prompt of the conversation; dead runs found on the way are ended."""
+    cutoff = lapsed_before()
+    rows = list(
+        Run.objects.filter(conversation_id=conversation_id, status=Run.Status.RUNNING).values_list(
+            "heartbeat_at", "started_at"
+        )
+    )
+    alive = [is_alive(heartbeat, started, cutoff) for heartbeat, started in rows]
+    ended = end_dead_runs(conversation_id) if not all(alive) else []
+    return RunningState(live=any(alive), ended=ended)

@@ -1,0 +1,47 @@
+"""Cleanup of a closed socket is bounded by DISCONNECT_TIMEOUT_SECONDS, whatever it waits for."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from channels.layers import get_channel_layer
+from django.contrib.auth import get_user_model
+
+from agentapp import consumers, presence
+from agentapp.broadcast import group_name
+from tests.wsclient import Client
+
+
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user("ada", password="x")
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_run_that_does_not_end_does_not_hold_the_cleanup(settings, monkeypatch, user) -> None:
+    settings.AGENTAPP = {**settings.AGENTAPP, "DISCONNECT_TIMEOUT_SECONDS": 0.5}
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def stuck(self: Any, time_limit: float) -> str:
+        started.set()
+        await release.wait()  # deaf to cancel(): a save that hangs, a database that does not answer
+        return "cancelled"
+
+    monkeypatch.setattr(consumers.AgentRun, "execute", stuck)
+    client = Client(user=user)
+    conversation_id = (await client.hello())["conversation_id"]
+    await client.prompt("Calculate 2+2")
+    await asyncio.wait_for(started.wait(), 10)
+    layer = get_channel_layer()
+    assert conversation_id in presence.views and layer.groups[group_name(conversation_id)]
+    try:
+        # The communicator cancels an application still running after 3 s: its cleanup would be cut short.
+        await client.communicator.disconnect(timeout=3)
+        assert conversation_id not in presence.views  # counted out
+        assert not layer.groups.get(group_name(conversation_id))  # and out of the group, the cleanup's last step
+    finally:
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*consumers.process_runs), 10)
