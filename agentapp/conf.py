@@ -11,8 +11,15 @@ from django.dispatch import receiver
 DEFAULTS: dict[str, Any] = {
     # Dotted path of a callable ``factory(conversation, user) -> strands.Agent``.
     "AGENT_FACTORY": "agentapp.agents.build_default_agent",
-    # Model used by the default factory: "offline" (deterministic, no network) or "bedrock".
+    # Model of the default factory: "offline" (deterministic, no network), "bedrock", "openai" (any OpenAI-compatible
+    # server with a base_url), "anthropic", or the dotted path of a callable(**MODEL_OPTIONS) returning a strands Model.
     "MODEL": "offline",
+    # Model id given to the provider as ``model_id``; None: the provider's default (see docs/settings.md).
+    "MODEL_ID": None,
+    # Keyword arguments for the provider's Strands model class (client_args, params, max_tokens, ...); they win.
+    "MODEL_OPTIONS": {},
+    # Keyword arguments for strands' ``ModelRetryStrategy`` (throttling retries of the default agent, any provider).
+    "MODEL_RETRY": {},
     # Bedrock model id and region, used when MODEL is "bedrock".
     "BEDROCK_MODEL_ID": "us.anthropic.claude-sonnet-4-20250514-v1:0",
     "BEDROCK_REGION": None,
@@ -44,6 +51,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_JSON_DEPTH": 32,
     # Whether anonymous users may open conversations (their own, bound to the session).
     "ALLOW_ANONYMOUS": False,
+    # Stored messages a prompt reads for an agent whose conversation manager has no sliding window; 0: all of them.
+    "MAX_HISTORY_MESSAGES": 500,
     # How many messages of history the ``conversation`` frame carries on connect.
     "HISTORY_FRAME_MESSAGES": 200,
     # Window in seconds within which text deltas are merged before a group broadcast.

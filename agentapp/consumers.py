@@ -21,10 +21,9 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import leases, protocol, runlog
+from . import leases, preparing, protocol, runlog
 from .access import OWNER, Denied, is_authenticated, is_stored, may_prompt, open_with_role, store_new
-from .agents import build_agent
-from .approvals import StaleApprovalState, restore_state
+from .approvals import StaleApprovalState
 from .broadcast import (
     CANCEL_MESSAGE_TYPE,
     REJOINED_MESSAGE_TYPE,
@@ -40,7 +39,6 @@ from .broadcast import (
     watch_receive_cleaners,
 )
 from .conf import app_settings
-from .history import load_messages
 from .outbox import Outbox, write_flow
 from .pacing import CLOSE_TOO_MANY_FRAMES, ERR_TOO_MANY_FRAMES, FramePace, Verdict
 from .presence import Presence, wants_presence
@@ -514,20 +512,17 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     ### The run ###
 
-    def _prepare_agent(self, resume: dict[str, Any] | None) -> Any:
-        """The connection's agent (built on its first prompt) with the stored history; runs in the database thread."""
-        history = load_messages(self.conversation_id)
-        if self.agent is None:
-            self.agent = build_agent(self.conversation, self.user, history)
-        else:
-            self.agent.messages = history
-        # A resume continues from the paused run's saved interrupt state; a prompt starts from none.
-        restore_state(self.agent, resume["state"] if resume else None)
-        return self.agent
-
     async def _run(self, prompt: str, previous: asyncio.Task[None] | None, resume: dict[str, Any] | None) -> None:
         if previous is not None:
             await asyncio.wait([previous])  # the last run may still be flushing its group broadcast
+        if self.agent is None:
+            try:
+                self.agent = await preparing.build_off_thread(self.conversation, self.user)
+            except Exception as exc:
+                self.running = False
+                await self._agent_unavailable(exc)
+                return
+        agent = self.agent
         user_id = self.user.pk if is_authenticated(self.user) else None
         broadcaster: GroupBroadcaster | None = None
         log: runlog.RunLog | None = None
@@ -547,7 +542,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             resume_of=resume["run_id"] if resume else None,
             responses=resume["responses"] if resume else None,
             runs_per_minute=app_settings.RUNS_PER_USER_PER_MINUTE,
-            prepare=lambda: self._prepare_agent(resume),
+            prepare=lambda: preparing.give_history(agent, self.conversation_id, resume["state"] if resume else None),
         )
         if self.channel_layer is not None:
             # The log exists before the run's row does, so a connection that sees the row can get a replay.

@@ -116,10 +116,43 @@ def prompt_input(messages: list[dict[str, Any]], prompt: str) -> str | None:
     return prompt
 
 
-def load_messages(conversation_id: Any) -> list[dict[str, Any]]:
-    """The conversation's messages as Strands messages, ready to seed an Agent (synchronous ORM)."""
-    rows = Message.objects.filter(conversation_id=conversation_id).order_by("position").values_list("role", "content")
-    return repair([{"role": role, "content": from_storable(content)} for role, content in rows])
+def load_messages(conversation_id: Any, limit: int | None = None) -> list[dict[str, Any]]:
+    """The conversation's messages as Strands messages, ready to seed an Agent (synchronous ORM).
+
+    With ``limit``, only the last turns that fit in ``limit`` stored messages are read (at least the last turn, so
+    a long tool loop is never cut inside): a prompt then costs O(window) rows, however long the conversation.
+    """
+    rows = Message.objects.filter(conversation_id=conversation_id)
+    if limit is None:
+        picked = list(rows.order_by("position").values_list("role", "content"))
+    else:
+        picked = _last_turns(rows, limit)
+    return repair([{"role": role, "content": from_storable(content)} for role, content in picked])
+
+
+def _last_turns(rows: Any, limit: int) -> list[tuple[str, Any]]:
+    """The stored messages from the first prompt within the last ``limit`` rows (or the last prompt) to the end."""
+    tail = list(rows.order_by("-position").values_list("position", "role", "content")[: max(limit, 1)])
+    tail.reverse()
+    start = next((index for index, row in enumerate(tail) if _is_prompt(row[1], row[2])), None)
+    if start is None and tail:
+        # One turn longer than the window: read back to its prompt, a chunk at a time.
+        before = rows.filter(position__lt=tail[0][0]).order_by("-position").values_list("position", "role", "content")
+        earlier: list[tuple[int, str, Any]] = []
+        for row in before.iterator(chunk_size=100):
+            earlier.append(row)
+            if _is_prompt(row[1], row[2]):
+                break
+        else:
+            earlier = []  # no prompt at all before: keep the window as it is
+        tail = [*reversed(earlier), *tail]
+        start = 0
+    return [(role, content) for _, role, content in tail[start or 0 :]]
+
+
+def _is_prompt(role: str, content: Any) -> bool:
+    """Whether a stored message starts a turn: a user message with text (not only tool results)."""
+    return role == "user" and asks({"role": role, "content": content})
 
 
 def wire_message(row: dict[str, Any]) -> dict[str, Any]:
