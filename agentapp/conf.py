@@ -108,6 +108,9 @@ class AppSettings:
         self._cache: dict[str, Any] | None = None
 
     def _merged(self) -> dict[str, Any]:
+        if not settings.configured:
+            # Outside a Django project (the tools in a plain Strands script): the documented defaults, not cached.
+            return DEFAULTS
         if self._cache is None:
             user = getattr(settings, "AGENTAPP", {}) or {}
             unknown = set(user) - set(DEFAULTS)

@@ -37,24 +37,70 @@ _CANCEL_POLL_SECONDS = 0.05
 
 ### Prompt parsing ###
 
+# Every pattern below runs in time linear in the prompt (MAX_PROMPT_CHARS is 16,000): a match may only start where
+# the previous character cannot extend it (the lookbehinds), and possessive quantifiers (``++``, ``*+``) never give
+# back what they took, so no run of digits, spaces or parentheses is rescanned once per character.
+# A number (no possessive quantifiers here: a pattern may give digits back to match a word boundary after them).
 _NUM = r"-?\d+(?:\.\d+)?"
-_STREAM_RE = re.compile(r"\bstream\s+(\d+)\s+tokens?\b", re.IGNORECASE)
+_STREAM_RE = re.compile(r"\bstream\s++(\d++)\s++tokens?\b", re.IGNORECASE)
 _TOOL_RE = re.compile(
-    r"\b(?:call|use|run)\s+(?:the\s+)?(?P<name>[A-Za-z_]\w*)(?P<suffix>\s+tool)?"
-    r"(?:\s+with\s+(?P<args>\{.*\}))?",
+    r"\b(?:call|use|run)\s++(?:the\s++)?(?P<name>[A-Za-z_]\w*+)(?P<suffix>\s++tool)?"
+    r"(?:\s++with\s++(?P<args>\{.*\}))?",
     re.IGNORECASE | re.DOTALL,
 )
-_CLAUSE_SPLIT_RE = re.compile(r"\s*(?:,?\s*\band then\b|,?\s*\bthen\b|,\s*and\b|\band\b|,)\s*", re.IGNORECASE)
+# Spaces, then "and then", "then", ", and", "and" or ",", then spaces. The leading spaces are taken whole from the
+# start of their run only, and after a comma only a word may follow the spaces.
+_CLAUSE_SPLIT_RE = re.compile(
+    r"(?:(?<!\s)\s++)?"
+    r"(?:,\s*+\band then\b|\band then\b|,\s*+\bthen\b|\bthen\b|,\s*+and\b|\band\b|,)"
+    r"\s*+",
+    re.IGNORECASE,
+)
 _CONTINUE_RE = re.compile(
     rf"^(?P<op>add|plus|subtract|minus|multiply(?:\s+it)?\s+by|times|divide(?:\s+it)?\s+by)\s+(?P<n>{_NUM})\b",
     re.IGNORECASE,
 )
 _SQRT_RE = re.compile(rf"\bsquare root of\s+(?P<x>{_NUM})", re.IGNORECASE)
+# The first number starts at a minus sign or where no digit precedes it.
 _PHRASE_RE = re.compile(
-    rf"(?P<a>{_NUM})\s+(?P<op>divided by|multiplied by|times|plus|minus)\s+(?P<b>{_NUM})", re.IGNORECASE
+    rf"(?P<a>(?:-|(?<!\d))\d++(?:\.\d++)?+)\s++(?P<op>divided by|multiplied by|times|plus|minus)\s++(?P<b>{_NUM})",
+    re.IGNORECASE,
 )
 _CAPITAL_RE = re.compile(r"\bcapital of\s+(?:the\s+)?(?P<country>[A-Za-z][A-Za-z ]*[A-Za-z])", re.IGNORECASE)
-_INLINE_RE = re.compile(r"-?[\d.(][\d.()+\-*/ ]*[\d.)]")
+# Everyday phrasings (each starts at a word, or at a number no digit precedes, so each stays linear).
+_LEAD_NUM = r"(?:-|(?<!\d))\d++(?:\.\d++)?+"
+_VERB_RE = re.compile(
+    rf"\b(?P<verb>add|subtract|multiply|divide)\s++(?P<a>{_NUM})\s++(?P<prep>to|from|by)\s++(?P<b>{_NUM})",
+    re.IGNORECASE,
+)
+_CBRT_RE = re.compile(rf"\bcube root of\s++(?P<x>{_NUM})", re.IGNORECASE)
+_PERCENT_RE = re.compile(rf"(?P<p>{_LEAD_NUM})\s*+(?:%|percent\b)\s*+of\s++(?P<x>{_NUM})", re.IGNORECASE)
+_POWER_RE = re.compile(
+    rf"(?P<x>{_LEAD_NUM})\s++(?:(?P<word>squared|cubed)\b|"
+    rf"(?:raised\s++)?to\s++the\s++power\s++(?:of\s++)?(?P<y>{_NUM})|"
+    r"to\s++the\s++(?P<nth>\d++)(?:st|nd|rd|th)\s++power\b)",
+    re.IGNORECASE,
+)
+# Whether an unreadable prompt looked like arithmetic, to answer it with what the model can read.
+_MATHS_RE = re.compile(
+    r"\d|\b(?:calculate|compute|sum|product|squared?|cubed?|power|root|percent|plus|minus|times|multiply|divide"
+    r"|divided|add|subtract)\b",
+    re.IGNORECASE,
+)
+_VERBS = {("add", "to"): "{b} + {a}", ("subtract", "from"): "{b} - {a}", ("multiply", "by"): "{a} * {b}",
+          ("divide", "by"): "{a} / {b}"}  # fmt: skip
+HELP = (
+    "I am agentapp's offline demo model, and I could not read a calculation in that. I understand arithmetic such "
+    'as "15 * 23", "What is 7 squared?", "Calculate 25% of 300", "2 to the power of 10", "the square root of 16", '
+    '"the cube root of 27", "Multiply 6 by 7, then add 10", as well as "the capital of France" and "Stream 50 tokens". '
+    'For real answers, configure a real model with AGENTAPP["MODEL"] (see the README).'
+)
+# Inline arithmetic lives in runs of these characters; each run is read once (see ``_inline_expression``).
+_ARITHMETIC_RUN_RE = re.compile(r"[\d.()+\-*/ ]++")
+_ARITHMETIC_START_RE = re.compile(r"-?[\d.(]")
+_HAS_OPERATOR_RE = re.compile(r"[\d)]\s*+[-+*/]")
+# Facts and calculator steps planned from one prompt at most; the rest of a longer prompt is left out.
+MAX_PLAN_PARTS = 20
 _OPERATORS = {
     "add": "+", "plus": "+", "subtract": "-", "minus": "-", "times": "*",
     "multiplied by": "*", "multiply by": "*", "divided by": "/", "divide by": "/",
@@ -89,15 +135,26 @@ class _Plan:
     tool: tuple[str, dict[str, Any]] | None = None
     tool_missing: str = ""
     stream_tokens: int | None = None
+    # Whether the prompt asked for more than MAX_PLAN_PARTS facts and calculations (the rest is left out).
+    truncated: bool = False
 
 
 def _parse_clause(clause: str, has_previous: bool) -> str | _Calc | None:
     """Turn one clause into a fact sentence or a calculator step, or None if it asks for neither."""
+    if (match := _VERB_RE.search(clause)) and (form := _VERBS.get((match["verb"].lower(), match["prep"].lower()))):
+        return _Calc(expression=form.format(a=match["a"], b=_grouped(match["b"])))
     if (match := _CONTINUE_RE.match(clause)) and has_previous:
         op = re.sub(r"\s+it\b", "", match["op"].lower())
         return _Calc(op=_OPERATORS[re.sub(r"\s+", " ", op)], operand=match["n"])
     if match := _SQRT_RE.search(clause):
         return _Calc(expression=f"sqrt({match['x']})")
+    if match := _CBRT_RE.search(clause):
+        return _Calc(expression=f"cbrt({match['x']})")
+    if match := _PERCENT_RE.search(clause):
+        return _Calc(expression=f"{match['x']} * {match['p']} / 100")
+    if match := _POWER_RE.search(clause):
+        exponent = {"squared": "2", "cubed": "3"}.get((match["word"] or "").lower(), match["y"] or match["nth"])
+        return _Calc(expression=f"{_grouped(match['x'])}**{_grouped(exponent)}")
     if match := _PHRASE_RE.search(clause):
         op = _OPERATORS[re.sub(r"\s+", " ", match["op"].lower())]
         return _Calc(expression=f"{match['a']} {op} {match['b']}")
@@ -105,34 +162,62 @@ def _parse_clause(clause: str, has_previous: bool) -> str | _Calc | None:
         country = match["country"]
         capital = CAPITALS.get(country.lower())
         return f"the capital of {country} is {capital}" if capital else f"I do not know the capital of {country}"
-    for candidate in _INLINE_RE.findall(clause):
-        if re.search(r"[\d)]\s*[-+*/]", candidate.strip()):
-            return _Calc(expression=candidate.strip())
+    if expression := _inline_expression(clause):
+        return _Calc(expression=expression)
     return None
+
+
+def _grouped(number: str) -> str:
+    """A number as an operand: negative ones in parentheses ("(-3)**2" is 9, "-3**2" is -9)."""
+    return f"({number})" if number.startswith("-") else number
+
+
+def _inline_expression(clause: str) -> str:
+    """Return the first arithmetic in ``clause`` with an operator ("(2+3)*4"), or "".
+
+    Within a run of arithmetic characters the expression starts at the first number or "(" (with a "-" before it)
+    and ends at the run's last digit, "." or ")" after that; each run is read once, so this is linear.
+    """
+    for run in _ARITHMETIC_RUN_RE.finditer(clause):
+        text = run[0]
+        if not (start := _ARITHMETIC_START_RE.search(text)):
+            continue
+        end = len(text[start.end() :].rstrip("(+-*/ ")) + start.end()
+        candidate = text[start.start() : end].strip()
+        if end > start.end() and _HAS_OPERATOR_RE.search(candidate):
+            return candidate
+    return ""
 
 
 def _plan(prompt: str, tool_names: set[str]) -> _Plan:
     """Read what the prompt asks for; tools not in ``tool_names`` are never planned as calls."""
     plan = _Plan()
     if match := _STREAM_RE.search(prompt):
-        plan.stream_tokens = min(int(match[1]), MAX_STREAM_TOKENS)
+        # Past seven digits the count is over the cap anyway (and int() of thousands of digits is slow or refused).
+        digits = match[1]
+        plan.stream_tokens = MAX_STREAM_TOKENS if len(digits) > 7 else min(int(digits), MAX_STREAM_TOKENS)
         prompt = prompt[: match.start()] + prompt[match.end() :]
     if (match := _TOOL_RE.search(prompt)) and match["name"] != CALCULATOR:
         if match["name"] in tool_names:
             try:
                 args = json.loads(match["args"] or "{}")
-            except ValueError:
+            except (ValueError, RecursionError):
                 args = {}
             plan.tool = (match["name"], args if isinstance(args, dict) else {})
             return plan
         if match["suffix"] or match["args"]:
             plan.tool_missing = match["name"]
             return plan
+    has_previous = False
     for clause in _CLAUSE_SPLIT_RE.split(prompt):
-        has_previous = any(isinstance(part, _Calc) for part in plan.parts)
         part = _parse_clause(clause.strip(" ?.!"), has_previous)
-        if part is not None:
-            plan.parts.append(part)
+        if part is None:
+            continue
+        if len(plan.parts) == MAX_PLAN_PARTS:
+            plan.truncated = True
+            break
+        plan.parts.append(part)
+        has_previous = has_previous or isinstance(part, _Calc)
     return plan
 
 
@@ -247,7 +332,8 @@ def _calc_answer(plan: _Plan, steps: list[_Step], tool_names: set[str]) -> _Tool
             expression, value = next(answers)
             pieces.append((f"{expression} = {value}", bool(part.op)))
     # An expression such as "sqrt(16)" keeps its case at the start of the answer.
-    return _sentence(pieces, capitalize=isinstance(plan.parts[0], str))
+    answer = _sentence(pieces, capitalize=isinstance(plan.parts[0], str))
+    return f"{answer} I answer at most {MAX_PLAN_PARTS} questions per prompt." if plan.truncated else answer
 
 
 def _decide(prompt: str, steps: list[_Step], tool_names: set[str]) -> tuple[_ToolCall | str, int | None]:
@@ -266,7 +352,30 @@ def _decide(prompt: str, steps: list[_Step], tool_names: set[str]) -> tuple[_Too
         return _calc_answer(plan, steps, tool_names), plan.stream_tokens
     if plan.stream_tokens is not None:
         return "", plan.stream_tokens
+    if _MATHS_RE.search(prompt):
+        return HELP, None
     return f"Offline model here. You said: {prompt}", None
+
+
+@dataclass(frozen=True)
+class _Turn:
+    """What the model does next: the tool steps it read, and the tool call or answer (as tokens) it chose."""
+
+    steps: list[_Step]
+    action: _ToolCall | str
+    stream_tokens: int | None
+    tokens: list[str]
+    thought: list[str]
+
+
+def _next_turn(messages: Messages, tool_names: set[str], reasoning: bool) -> _Turn:
+    """Read the conversation and decide the next step; run in a worker thread."""
+    prompt, steps = _read_turn(messages)
+    action, stream_tokens = _decide(prompt, steps, tool_names)
+    if isinstance(action, _ToolCall):
+        return _Turn(steps, action, stream_tokens, [], [])
+    thought = f'The user asked "{prompt}". I have {len(steps)} tool result(s), so I answer now.' if reasoning else ""
+    return _Turn(steps, action, stream_tokens, _tokens(action), _tokens(thought))
 
 
 ### Streaming ###
@@ -374,8 +483,9 @@ class OfflineModel(Model):
         """Stream one assistant message: a single tool call, or the final answer token by token."""
         started = time.monotonic()
         tool_names = {spec["name"] for spec in tool_specs or []}
-        prompt, steps = _read_turn(messages)
-        action, stream_tokens = _decide(prompt, steps, tool_names)
+        # Reading a long history and a long prompt is linear but not free: keep it off the event loop.
+        turn = await asyncio.to_thread(_next_turn, messages, tool_names, self.config["reasoning"])
+        steps, action, stream_tokens = turn.steps, turn.action, turn.stream_tokens
         output_tokens = 0
 
         yield {"messageStart": {"role": "assistant"}}
@@ -388,9 +498,8 @@ class OfflineModel(Model):
         else:
             pacer = _Pacer(self.config["tokens_per_second"], cancel_signal)
             if self.config["reasoning"]:
-                thought = f'The user asked "{prompt}". I have {len(steps)} tool result(s), so I answer now.'
                 yield {"contentBlockStart": {"start": {}}}
-                for token in _tokens(thought):
+                for token in turn.thought:
                     if not await pacer.wait():
                         return
                     output_tokens += 1
@@ -399,7 +508,7 @@ class OfflineModel(Model):
             count = stream_tokens if stream_tokens is not None else self.config["answer_tokens"]
             fail_after = self.config["fail_after_tokens"]
             yield {"contentBlockStart": {"start": {}}}
-            for index, token in enumerate(_fit(_tokens(action), count)):
+            for index, token in enumerate(_fit(turn.tokens, count)):
                 if fail_after is not None and index >= fail_after:
                     raise OfflineModelError(f"offline model failure after {fail_after} tokens")
                 if not await pacer.wait():
@@ -410,7 +519,7 @@ class OfflineModel(Model):
             stop_reason = "end_turn"
         yield {"messageStop": {"stopReason": stop_reason}}
 
-        input_tokens = _count_words(messages, system_prompt)
+        input_tokens = await asyncio.to_thread(_count_words, messages, system_prompt)
         yield {
             "metadata": {
                 "usage": {

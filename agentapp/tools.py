@@ -2,120 +2,25 @@
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import math
-import operator
 from collections.abc import Callable, Iterable
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from django.core.exceptions import ImproperlyConfigured
 from strands import tool
 
+from agentapp.calculator import MAX_EXPRESSION_CHARS, CalculatorError, evaluate
 from agentapp.conf import app_settings
+from agentapp.isolation import ToolTimeout, WorkerFailed, WorkersBusy, default_pool
+
+__all__ = ["DEFAULT_TOOLS", "MAX_EXPRESSION_CHARS", "CalculatorError", "calculator", "evaluate", "http_get"]
 
 ### Calculator ###
 
-MAX_EXPRESSION_CHARS = 200
-MAX_EXPONENT = 1000
-# Results and intermediate values beyond this magnitude are refused, so big-integer work stays cheap.
-MAX_MAGNITUDE = 10**300
 
-_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
-_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-_NAMES = {"pi": math.pi, "e": math.e}
-_FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "sqrt": math.sqrt, "sin": math.sin, "cos": math.cos, "tan": math.tan, "log": math.log,
-    "log10": math.log10, "exp": math.exp, "abs": abs, "round": round, "floor": math.floor, "ceil": math.ceil,
-}  # fmt: skip
-
-
-class CalculatorError(ValueError):
-    """An expression the calculator refuses or cannot evaluate; Strands reports it as "Error: <message>"."""
-
-
-def _checked(value: Any) -> float:
-    """Return ``value`` if it is a finite number of acceptable magnitude, else raise."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CalculatorError(f"result {value!r} is not a real number")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise CalculatorError("result is not finite")
-    if abs(value) > MAX_MAGNITUDE:
-        raise CalculatorError("result is too large")
-    return value
-
-
-def _power(base: float, exponent: float) -> float:
-    """Raise ``base`` to ``exponent``, refusing exponents and results too large to compute cheaply."""
-    if abs(exponent) > MAX_EXPONENT:
-        raise CalculatorError(f"exponent {exponent} is too large (limit {MAX_EXPONENT})")
-    if abs(base) > 1 and exponent > 0 and exponent * math.log10(abs(base)) > math.log10(MAX_MAGNITUDE):
-        raise CalculatorError("result is too large")
-    return operator.pow(base, exponent)
-
-
-def _evaluate(node: ast.AST) -> float:
-    """Evaluate an allowlisted expression node."""
-    if isinstance(node, ast.Expression):
-        return _evaluate(node.body)
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
-        return _checked(node.value)
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _evaluate(node.left), _evaluate(node.right)
-        if isinstance(node.op, ast.Pow):
-            return _checked(_power(left, right))
-        return _checked(_BINARY[type(node.op)](left, right))
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _checked(_UNARY[type(node.op)](_evaluate(node.operand)))
-    if isinstance(node, ast.Name):
-        if node.id not in _NAMES:
-            raise CalculatorError(f"name {node.id!r} is not allowed")
-        return _NAMES[node.id]
-    if isinstance(node, ast.Call):
-        name = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
-        if name not in _FUNCTIONS or node.keywords or len(node.args) > 2:
-            raise CalculatorError(f"function call {name}(...) is not allowed")
-        args = [_evaluate(arg) for arg in node.args]
-        try:
-            return _checked(_FUNCTIONS[name](*args))
-        except (ValueError, TypeError) as exc:
-            if isinstance(exc, CalculatorError):
-                raise
-            shown = ", ".join(_format(arg) for arg in args)
-            raise CalculatorError(f"{name}({shown}) is undefined ({exc})") from None
-    raise CalculatorError(f"{type(node).__name__} is not allowed in an expression")
-
-
-def _format(value: float) -> str:
-    """Format a number for display, integral values without ".0"."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value) if isinstance(value, int) else repr(value)
-
-
-def evaluate(expression: str) -> str:
-    """Evaluate an arithmetic expression safely and return the formatted result."""
-    if len(expression) > MAX_EXPRESSION_CHARS:
-        raise CalculatorError(f"expression is longer than {MAX_EXPRESSION_CHARS} characters")
-    try:
-        tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError:
-        raise CalculatorError(f"invalid expression {expression!r}") from None
-    try:
-        return _format(_evaluate(tree))
-    except ZeroDivisionError:
-        raise CalculatorError("division by zero") from None
-    except OverflowError:
-        raise CalculatorError("result is too large") from None
+# The function the calculator's worker process runs; tests point it at a deliberately slow one.
+EVALUATOR: Callable[[str], str] = evaluate
 
 
 @tool
@@ -123,10 +28,19 @@ def calculator(expression: str) -> str:
     """Evaluate an arithmetic expression and return the result.
 
     Args:
-        expression: Numbers, + - * / // % **, parentheses, pi, e and sqrt, sin, cos, tan, log, log10, exp,
-            abs, round, floor, ceil. For example "15 * 23" or "sqrt(2) * pi".
+        expression: Numbers, + - * / // % **, parentheses, pi, e and sqrt, cbrt, sin, cos, tan, log, log10,
+            exp, abs, round, floor, ceil. For example "15 * 23" or "sqrt(2) * pi".
     """
-    return evaluate(expression)
+    # Strands runs this sync tool in a thread; the work itself runs in a worker process that the limit can kill.
+    seconds = app_settings.TOOL_CPU_SECONDS
+    try:
+        return default_pool.run(EVALUATOR, expression, seconds=seconds, workers=app_settings.TOOL_WORKERS)
+    except WorkersBusy as exc:
+        raise CalculatorError(f"too many calculations at once: {exc}") from None
+    except ToolTimeout:
+        raise CalculatorError(f"the calculation took longer than {seconds:g} s and was stopped") from None
+    except WorkerFailed as exc:
+        raise CalculatorError(f"the calculation failed: {exc}") from None
 
 
 ### HTTP ###
@@ -135,14 +49,52 @@ HTTP_TIMEOUT_SECONDS = 10
 MAX_BODY_CHARS = 4000
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _allowed_origins(allowed_hosts: Iterable[str]) -> set[tuple[str, int | None]]:
+    """Parse ``HTTP_TOOL_ALLOWED_HOSTS``: ``"host"`` (port None: the scheme's default port) or ``"host:port"``."""
+    origins: set[tuple[str, int | None]] = set()
+    for entry in allowed_hosts:
+        host, port = entry.strip().lower(), None
+        if host.startswith("["):  # "[::1]" or "[::1]:8080"
+            host, _, rest = host[1:].partition("]")
+            port = rest.removeprefix(":") or None
+        elif host.count(":") == 1:
+            host, port = host.split(":")
+        if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ImproperlyConfigured(f"AGENTAPP['HTTP_TOOL_ALLOWED_HOSTS'] entry {entry!r} has an invalid port")
+        origins.add((host, None if port is None else int(port)))
+    return origins
+
+
 def _check_allowed(url: str, allowed_hosts: Iterable[str]) -> None:
-    """Raise PermissionError unless ``url`` is http(s) and its host is exactly one of ``allowed_hosts``."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
+    """Raise PermissionError unless ``url`` is http(s), has no user info, and its host and port are allowed.
+
+    The URL is read with httpx's parser, the one the request uses, and must read the same with the standard one.
+    """
+    try:
+        parsed, parts = httpx.URL(url), urlsplit(url)
+        std_port = _DEFAULT_PORTS.get(parts.scheme) if parts.port is None else parts.port
+        standard = (parts.scheme, (parts.hostname or "").lower(), std_port)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise PermissionError(f"invalid URL {url!r}: {exc}") from None
+    scheme = parsed.scheme
+    if scheme not in _DEFAULT_PORTS:
         raise PermissionError(f"only http and https URLs may be fetched, not {url!r}")
-    host = parts.hostname or ""
-    if host not in {allowed.lower() for allowed in allowed_hosts}:
-        raise PermissionError(f"host {host!r} is not in AGENTAPP['HTTP_TOOL_ALLOWED_HOSTS']")
+    if parsed.userinfo or "@" in parts.netloc:
+        raise PermissionError("URLs with a user name or password are not allowed")
+    host, port = parsed.host.lower(), _DEFAULT_PORTS[scheme] if parsed.port is None else parsed.port
+    if (scheme, host, port) != standard:
+        raise PermissionError(f"URL {url!r} is ambiguous")
+    if not 0 < port < 65536:
+        raise PermissionError(f"invalid port {port} in {url!r}")
+    origins = _allowed_origins(allowed_hosts)
+    if (host, port) in origins or (port == _DEFAULT_PORTS[scheme] and (host, None) in origins):
+        return
+    if any(allowed == host for allowed, _ in origins):
+        raise PermissionError(f"port {port} of host {host!r} is not in AGENTAPP['HTTP_TOOL_ALLOWED_HOSTS']")
+    raise PermissionError(f"host {host!r} is not in AGENTAPP['HTTP_TOOL_ALLOWED_HOSTS']")
 
 
 async def _fetch(url: str, allowed_hosts: Iterable[str]) -> str:
@@ -171,7 +123,7 @@ async def http_get(url: str) -> str:
     """Fetch a web page with GET and return its status and the start of its body; redirects are not followed.
 
     Args:
-        url: An http or https URL on one of the hosts this site allows.
+        url: An http or https URL on one of the hosts (and ports) this site allows.
     """
     return await _fetch(url, app_settings.HTTP_TOOL_ALLOWED_HOSTS)
 

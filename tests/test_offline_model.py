@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from strands import Agent, tool
 
-from agentapp.offline_model import OfflineModel, OfflineModelError
+from agentapp.offline_model import HELP, OfflineModel, OfflineModelError
 from agentapp.tools import calculator
 
 CALCULATOR_SPEC = {"name": "calculator", "description": "calc", "inputSchema": {"json": {}}}
@@ -99,6 +99,55 @@ async def test_more_phrasings(prompt: str, expressions: list[str], answer: str) 
 
     assert [use["input"]["expression"] for use in run_["tool_uses"]] == expressions
     assert run_["text"] == answer
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("prompt", "expressions", "answer"),
+    [
+        ("What is 7 squared?", ["7**2"], "7**2 = 49."),
+        ("What is -3 squared?", ["(-3)**2"], "(-3)**2 = 9."),
+        ("2 cubed", ["2**3"], "2**3 = 8."),
+        ("Calculate 25% of 300", ["300 * 25 / 100"], "300 * 25 / 100 = 75."),
+        ("What is 12.5 percent of 80?", ["80 * 12.5 / 100"], "80 * 12.5 / 100 = 10."),
+        ("2 to the power of 10", ["2**10"], "2**10 = 1024."),
+        ("What is 5 to the power 3?", ["5**3"], "5**3 = 125."),
+        ("2 raised to the power of -1", ["2**(-1)"], "2**(-1) = 0.5."),
+        ("3 to the 4th power", ["3**4"], "3**4 = 81."),
+        ("What is the cube root of 27?", ["cbrt(27)"], "cbrt(27) = 3."),
+        ("Multiply 6 by 7", ["6 * 7"], "6 * 7 = 42."),
+        ("Divide 10 by 4", ["10 / 4"], "10 / 4 = 2.5."),
+        ("Add 5 to 3", ["3 + 5"], "3 + 5 = 8."),
+        ("Subtract 3 from 10", ["10 - 3"], "10 - 3 = 7."),
+        ("Subtract 3 from -10", ["(-10) - 3"], "(-10) - 3 = -13."),
+        (
+            "Multiply 6 by 7, then add 10, then divide it by 4",
+            ["6 * 7", "42 + 10", "52 / 4"],
+            "6 * 7 = 42, then 42 + 10 = 52, then 52 / 4 = 13.",
+        ),
+        (
+            "What is 2 cubed and 10 percent of 50?",
+            ["2**3", "50 * 10 / 100"],
+            "2**3 = 8, and 50 * 10 / 100 = 5.",
+        ),
+    ],
+)
+async def test_everyday_arithmetic_phrasings(prompt: str, expressions: list[str], answer: str) -> None:
+    run_ = await run(Agent(model=OfflineModel(), tools=[calculator], callback_handler=None), prompt)
+
+    assert [use["input"]["expression"] for use in run_["tool_uses"]] == expressions
+    assert run_["text"] == answer
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("prompt", ["Hello 42", "compute my taxes", "3 to the", "What is the sum of the primes?"])
+async def test_arithmetic_it_cannot_read_gets_what_it_can_do(prompt: str) -> None:
+    run_ = await run(Agent(model=OfflineModel(), tools=[calculator], callback_handler=None), prompt)
+
+    assert run_["tool_uses"] == []
+    assert run_["text"] == HELP
+    assert '"What is 7 squared?"' in HELP
+    assert 'AGENTAPP["MODEL"]' in HELP
 
 
 @pytest.mark.asyncio
