@@ -14,7 +14,7 @@ from strands.models.bedrock import BedrockModel
 
 from agentapp import protocol
 from agentapp.agents import build_default_agent, build_model
-from agentapp.history import load_messages
+from agentapp.history import UNANSWERED_NOTE, load_messages
 from agentapp.models import Message, Run, ToolResult
 from tests import fake_bedrock
 from tests.fake_bedrock import ANSWER, ANSWER_USAGE, PARTIAL_DELTAS, TOOL_USE_USAGE, FakeBedrock
@@ -278,12 +278,17 @@ async def test_throttling_fails_the_run_then_the_conversation_goes_on(layer, bed
     assert run.status == Run.Status.FAILED
     assert run.error == THROTTLED_MESSAGE
 
-    after = await run_prompt(client, "Please try again")
+    after = await run_prompt(client, "Calculate 2+2")
     await client.close()
 
     assert_calculator_run(after)
+    # The failed turn is closed by a stored note: the new prompt is sent on its own, never merged into the old one.
     retried = bedrock.requests[RETRY_ATTEMPTS]["body"]["messages"]
-    assert retried == [{"role": "user", "content": [{"text": "Calculate 2+2"}, {"text": "Please try again"}]}]
+    assert retried == [
+        {"role": "user", "content": [{"text": "Calculate 2+2"}]},
+        {"role": "assistant", "content": [{"text": UNANSWERED_NOTE}]},
+        {"role": "user", "content": [{"text": "Calculate 2+2"}]},
+    ]
     rows = await stored(conversation_id)
     assert_valid_history(rows["history"], ends_with_user=False)
     assert [run.status for run in rows["runs"]] == [Run.Status.FAILED, Run.Status.COMPLETED]
