@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint install migrate clean bench bench-quick
+.PHONY: run test lint install migrate clean bench bench-quick screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ run: migrate
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Refresh the README's screenshot on purpose: the browser test saves artifacts/chat.png (ignored), this copies it.
+screenshot: install
+	$(BIN)/python -m pytest -q tests/test_browser.py -k test_calculator_run_streams_text_and_a_tool_card
+	cp artifacts/chat.png docs/chat.png
 
 lint: install
 	$(BIN)/ruff check .

@@ -15,6 +15,17 @@ from django.utils.safestring import SafeString
 
 from .models import AgentState, Conversation, ConversationMember, Message, Run, ToolResult
 
+# Titles longer than this are cut in change lists (the full title shows on hover), so the other columns stay in view.
+LIST_TITLE_CHARS = 60
+
+
+def truncated(text: str, limit: int = LIST_TITLE_CHARS) -> SafeString | str:
+    """``text`` as is when short, else its first ``limit`` characters and an ellipsis, with the whole in a tooltip."""
+    if len(text) <= limit:
+        return text
+    return format_html('<span title="{}">{}…</span>', text, text[: limit - 1].rstrip())
+
+
 ### Read-only bases ###
 
 
@@ -176,7 +187,7 @@ class MemberInline(ReadOnlyInline):
 class ConversationAdmin(ReadOnlyAdmin):
     """Conversations with their run count and last activity; the change page shows the transcript."""
 
-    list_display = ("__str__", "owner_name", "run_count", "updated_at", "created_at")
+    list_display = ("title_display", "owner_name", "run_count", "updated_at", "created_at")
     list_filter = ("created_at", "updated_at", AnonymousFilter)
     search_fields = ("title", "owner__username")
     list_select_related = ("owner",)
@@ -194,6 +205,10 @@ class ConversationAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).annotate(run_count=Count("runs"))
+
+    @admin.display(description="Title", ordering="title")
+    def title_display(self, obj: Conversation) -> SafeString | str:
+        return truncated(str(obj))
 
     @admin.display(description="Owner", ordering="owner__username", empty_value="anonymous")
     def owner_name(self, obj: Conversation) -> Any:
@@ -215,14 +230,23 @@ class ConversationAdmin(ReadOnlyAdmin):
         return format_html('<a href="{}">Share with a user</a>', url)
 
 
+class ConversationColumn:
+    """A change list column with a row's conversation, its title truncated."""
+
+    @admin.display(description="Conversation", ordering="conversation__title")
+    def conversation_title(self, obj: Any) -> SafeString | str:
+        return truncated(str(obj.conversation))
+
+
 ### Sharing ###
 
 
 @admin.register(ConversationMember)
-class ConversationMemberAdmin(admin.ModelAdmin):
+class ConversationMemberAdmin(ConversationColumn, admin.ModelAdmin):
     """Memberships: staff with the model permissions add and delete them; to change a role, delete and add."""
 
-    list_display = ("user", "role", "conversation", "created_at")
+    list_display = ("user", "role", "conversation_title", "created_at")
+    ordering = ("-created_at",)
     list_filter = ("role",)
     search_fields = ("user__username", "conversation__title")
     list_select_related = ("user", "conversation")
@@ -235,14 +259,18 @@ class ConversationMemberAdmin(admin.ModelAdmin):
 
 ### Runs, messages, tool results, agent state ###
 
+# Change lists show the newest rows first, as conversations do; the models' own ordering (oldest first, which the
+# transcript and history code relies on) is left alone.
+
 
 @admin.register(Run)
-class RunAdmin(ReadOnlyAdmin):
-    """Runs with their outcome, token usage and timing."""
+class RunAdmin(ConversationColumn, ReadOnlyAdmin):
+    """Runs with their outcome, token usage and timing, newest first."""
 
+    ordering = ("-started_at",)
     list_display = (
         "__str__",
-        "conversation",
+        "conversation_title",
         "status",
         "pending_approval",
         "stop_reason",
@@ -264,28 +292,31 @@ class RunAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(ReadOnlyAdmin):
-    """Stored Strands messages."""
+class MessageAdmin(ConversationColumn, ReadOnlyAdmin):
+    """Stored Strands messages, newest first."""
 
-    list_display = ("__str__", "conversation", "role", "partial", "altered", "run", "created_at")
+    ordering = ("-created_at", "-position")
+    list_display = ("__str__", "conversation_title", "role", "partial", "altered", "run", "created_at")
     list_filter = ("role", "partial", "altered")
     list_select_related = ("conversation", "run")
 
 
 @admin.register(ToolResult)
-class ToolResultAdmin(ReadOnlyAdmin):
-    """Tool results by tool and status, for finding failing tools."""
+class ToolResultAdmin(ConversationColumn, ReadOnlyAdmin):
+    """Tool results by tool and status, for finding failing tools, newest first."""
 
-    list_display = ("tool_name", "status", "conversation", "run", "duration_ms", "created_at")
+    ordering = ("-created_at", "-id")
+    list_display = ("tool_name", "status", "conversation_title", "run", "duration_ms", "created_at")
     list_filter = ("tool_name", "status")
     search_fields = ("tool_use_id",)
     list_select_related = ("conversation", "run")
 
 
 @admin.register(AgentState)
-class AgentStateAdmin(ReadOnlyAdmin):
-    """Agent state saved by the ORM session repository (``agentapp.session``)."""
+class AgentStateAdmin(ConversationColumn, ReadOnlyAdmin):
+    """Agent state saved by the ORM session repository (``agentapp.session``), last updated first."""
 
-    list_display = ("agent_id", "conversation", "updated_at")
+    ordering = ("-updated_at",)
+    list_display = ("agent_id", "conversation_title", "updated_at")
     search_fields = ("agent_id",)
     list_select_related = ("conversation",)

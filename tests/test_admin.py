@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import escape
 
 from agentapp import protocol
@@ -161,3 +164,64 @@ def test_changelist_queries_do_not_grow_with_rows(staff_client, db):
     for index in range(1, 6):
         add_conversation(index)
     assert count_queries() == few
+
+
+### Change list order and long titles ###
+
+
+def order_in(page: str, names: list[str]) -> list[str]:
+    """``names`` sorted by where they first appear in the page."""
+    return sorted(names, key=page.index)
+
+
+def test_runs_messages_and_tool_results_list_newest_first(staff_client, db):
+    conversation = Conversation.objects.create(title="order")
+    start = timezone.now() - timedelta(hours=1)
+    for index, name in enumerate(["first", "second", "third"]):
+        at = start + timedelta(minutes=index)
+        run = Run.objects.create(conversation=conversation, prompt=f"prompt-{name}")
+        message = Message.objects.create(
+            conversation=conversation, position=index, role="user", content=[{"text": name}], run=run
+        )
+        ToolResult.objects.create(
+            message=message, conversation=conversation, run=run, tool_use_id=f"t-{name}", tool_name=f"tool_{name}",
+            status="success", content=[],
+        )  # fmt: skip
+        Run.objects.filter(pk=run.pk).update(started_at=at)
+        Message.objects.filter(pk=message.pk).update(created_at=at)
+        ToolResult.objects.filter(message=message).update(created_at=at)
+
+    runs = staff_client.get(reverse("admin:agentapp_run_changelist")).content.decode()
+    assert order_in(runs, ["prompt-first", "prompt-second", "prompt-third"]) == [
+        "prompt-third", "prompt-second", "prompt-first",
+    ]  # fmt: skip
+    messages = staff_client.get(reverse("admin:agentapp_message_changelist")).content.decode()
+    assert order_in(messages, ["#0 user", "#1 user", "#2 user"]) == ["#2 user", "#1 user", "#0 user"]
+    results = staff_client.get(TOOL_RESULTS).content.decode()
+    assert order_in(results, ["tool_first", "tool_second", "tool_third"]) == ["tool_third", "tool_second", "tool_first"]
+    # The models keep their own order (oldest first), which the history code relies on.
+    assert [run.prompt for run in Run.objects.filter(conversation=conversation)] == [
+        "prompt-first", "prompt-second", "prompt-third",
+    ]  # fmt: skip
+
+
+def test_long_titles_are_cut_in_change_lists(staff_client, db):
+    title = "A <long> title " + "x" * 200 + " THE-END"
+    conversation = Conversation.objects.create(title=title)
+    Run.objects.create(conversation=conversation, prompt="p")
+    short = Conversation.objects.create(title="Short & sweet")
+
+    page = staff_client.get(CHANGELIST).content.decode()
+    cells = re.findall(r'<th class="field-title_display"><a href="([^"]*)">(.*?)</a></th>', page)
+    assert cells == [
+        (reverse("admin:agentapp_conversation_change", args=[short.pk]), "Short &amp; sweet"),
+        (
+            reverse("admin:agentapp_conversation_change", args=[conversation.pk]),
+            f'<span title="{escape(title)}">{escape(title[:59])}…</span>',
+        ),
+    ]
+    assert "THE-END" not in re.sub(r'title="[^"]*"', "", page)  # only the tooltip holds the whole title
+
+    runs = staff_client.get(reverse("admin:agentapp_run_changelist")).content.decode()
+    assert f'<td class="field-conversation_title"><span title="{escape(title)}">' in runs
+    assert "THE-END" not in re.sub(r'title="[^"]*"', "", runs)

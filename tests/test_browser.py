@@ -9,14 +9,24 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, WebSocketRoute, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Dialog,
+    Locator,
+    Page,
+    WebSocketRoute,
+    expect,
+    sync_playwright,
+)
 
 from tests.livedaphne import ROOT, LiveCluster, LiveDaphne, live_cluster, live_daphne
+from tests.livesettings import agentapp_settings
+from tests.markdown_agent import PACE_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +43,10 @@ CHROMIUM_ARGS = [
 TOKENS_PER_SECOND = 20
 RUN_TIMEOUT_MS = 15_000
 VIEWPORT = {"width": 1100, "height": 680}
-SCREENSHOT = ROOT / "artifacts" / "chat.png"
-DOCS_SCREENSHOT = ROOT / "docs" / "chat.png"
+PHONE = {"width": 375, "height": 740}
+# Screenshots go to the ignored artifacts/ folder; `make screenshot` copies chat.png to docs/ on purpose.
+ARTIFACTS = ROOT / "artifacts"
+SCREENSHOT = ARTIFACTS / "chat.png"
 XSS_PROMPT = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
 
 
@@ -69,7 +81,13 @@ class Tab:
         self.context = context
         self.page: Page = context.new_page()
         self.errors: list[str] = []
+        self.dialogs: list[str] = []  # alert(), confirm() or prompt() opened by anything on the page
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("dialog", self.on_dialog)
+
+    def on_dialog(self, dialog: Dialog) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
 
     def open(self, url: str) -> Tab:
         """Load the page and wait until its socket has delivered the conversation frame."""
@@ -131,8 +149,8 @@ def new_tab(browser: Browser) -> Iterator:
     contexts: list[BrowserContext] = []
     tabs: list[Tab] = []
 
-    def make(cookies_from: Tab | None = None) -> Tab:
-        context = browser.new_context(viewport=VIEWPORT)
+    def make(cookies_from: Tab | None = None, viewport: dict[str, int] = VIEWPORT) -> Tab:
+        context = browser.new_context(viewport=viewport)
         if cookies_from is not None:
             context.add_cookies(cookies_from.context.cookies())
         contexts.append(context)
@@ -143,6 +161,7 @@ def new_tab(browser: Browser) -> Iterator:
     for context in contexts:
         context.close()
     assert [error for tab in tabs for error in tab.errors] == []
+    assert [dialog for tab in tabs for dialog in tab.dialogs] == []
 
 
 ### Tests ###
@@ -168,9 +187,8 @@ def test_calculator_run_streams_text_and_a_tool_card(server: LiveDaphne, new_tab
     expect(tab.page.locator("#send")).to_be_enabled()
     expect(tab.page.locator("#stop")).to_be_disabled()
 
-    SCREENSHOT.parent.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(exist_ok=True)
     tab.page.screenshot(path=str(SCREENSHOT))
-    shutil.copyfile(SCREENSHOT, DOCS_SCREENSHOT)
 
     # The same conversation reopened from its link: the stored history renders the same card and answer.
     tab.page.reload()
@@ -212,6 +230,10 @@ def test_stop_cancels_the_run_and_keeps_the_partial_text(server: LiveDaphne, new
     expect(answer).to_have_class(re.compile(r"\bpartial\b"))
     expect(tab.page.locator("#stop")).to_be_disabled()
     expect(tab.page.locator("#send")).to_be_enabled()
+    # The stopped model call reported no usage: the footer counts the words that streamed (one delta each).
+    words = re.findall(r"\bw\d+\b", answer.locator(".markdown").inner_text())
+    assert len(words) > 5
+    expect(run.locator(".run-usage")).to_have_text(f"{len(words)} tokens streamed")
 
     # The partial text was saved: reopening the conversation shows it, marked as cut short.
     tab.page.reload()
@@ -247,18 +269,21 @@ def test_second_browser_sees_the_run_live_and_can_stop_it(server: LiveDaphne, ne
         expect(tab.last_run().locator(".run-status")).to_have_text("cancelled", timeout=RUN_TIMEOUT_MS)
         expect(tab.last_run().locator(".message.assistant")).not_to_contain_text("w399")
         expect(tab.page.locator("#send")).to_be_enabled()
+    # Merged group frames count every delta they carry: both browsers count the same words.
+    words = re.findall(r"\bw\d+\b", asker.last_run().locator(".markdown").inner_text())
+    for tab in (asker, watcher):
+        expect(tab.last_run().locator(".run-usage")).to_have_text(f"{len(words)} tokens streamed")
 
 
-def test_model_output_is_rendered_as_text(server: LiveDaphne, new_tab) -> None:
+def test_prompt_and_title_are_rendered_as_text(server: LiveDaphne, new_tab) -> None:
+    # The assistant's Markdown is tested with given model output below (test_hostile_markdown_...).
     tab = new_tab().open(server.url)
     tab.ask(XSS_PROMPT)
 
     run = tab.last_run()
     expect(run.locator(".message.user")).to_have_text(XSS_PROMPT)
-    expect(run.locator(".message.assistant")).to_have_text(
-        f"Offline model here. You said: {XSS_PROMPT}", timeout=RUN_TIMEOUT_MS
-    )
     expect(run.locator(".run-status")).to_have_text("completed", timeout=RUN_TIMEOUT_MS)
+    expect(tab.page.locator("#conversation-title")).to_have_text(XSS_PROMPT)
     assert tab.page.locator("#agentapp img, #agentapp script").count() == 0
     assert tab.page.evaluate("window.__xss") is None
 
@@ -266,7 +291,7 @@ def test_model_output_is_rendered_as_text(server: LiveDaphne, new_tab) -> None:
     tab.page.reload()
     expect(tab.page.locator("#connection")).to_have_attribute("data-state", "open")
     expect(tab.page.locator("#conversations a[aria-current=page]")).to_have_text(XSS_PROMPT)
-    expect(tab.last_run().locator(".message.assistant")).to_have_text(f"Offline model here. You said: {XSS_PROMPT}")
+    expect(tab.last_run().locator(".message.user")).to_have_text(XSS_PROMPT)
     assert tab.page.locator("#agentapp img, #agentapp script").count() == 0
     assert tab.page.evaluate("window.__xss") is None
 
@@ -480,3 +505,207 @@ def test_approve_deny_and_stop_a_tool_call_waiting_for_approval(approval_server:
         expect(tab.last_run().locator(".approval .approval-outcome")).to_have_text("cancelled", timeout=RUN_TIMEOUT_MS)
         expect(tab.page.locator("#send")).to_be_enabled()
         expect(tab.page.locator("#stop")).to_be_disabled()
+
+
+### Markdown: the model's answer is the prompt (tests/markdown_agent.py) ###
+
+ECHO_TOKENS_PER_SECOND = 40
+SAMPLE_MARKDOWN = """## Steps
+
+1. Open **the page**
+2. Ask with `Calculate 2+2`
+
+| Operation | Result | Note |
+|:--|--:|:--|
+| 2+2 | 4 | a_rather_long_unbroken_cell_value_that_is_wider_than_a_phone_screen_by_itself |
+
+```python
+print("a code line long enough to be wider than a phone screen, which must scroll inside its block")
+```
+
+> Quoted, with a [link](https://example.com/docs) and mail to <mailto:ada@example.com>.
+"""
+HOSTILE_MARKDOWN = """[click me](javascript:alert(1)) [relative](/admin/) [web](https://example.com/x)
+
+<img src=x onerror="alert(2)">
+
+<script>alert(3)</script>
+
+<iframe src="javascript:alert(4)"></iframe><svg onload="alert(5)"></svg>
+
+![pic](javascript:alert(6)) ![remote](https://example.com/p.png)
+[data](data:text/html;base64,PHNjcmlwdD5hbGVydCg3KTwvc2NyaXB0Pg==)
+
+Inline `<b onclick="alert(8)">code</b>` and <a href="javascript:alert(9)" onmouseover="alert(10)">raw link</a>:
+[upper](JaVaScRiPt:alert(12)) [tab](java&#x09;script:alert(13)) <javascript:alert(14)>
+
+```
+<script>alert(11)</script>
+```
+"""
+# Every attribute a sanitized answer may carry: what the renderer emits, and rel/target on kept links.
+ALLOWED_ATTRIBUTES = {"href", "title", "align", "start", "rel", "target"}
+
+
+@pytest.fixture(scope="module")
+def markdown_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaphne]:
+    """A demo site whose agent answers every prompt with the prompt itself, paced, so the page gets given Markdown."""
+    tmp = tmp_path_factory.mktemp("live_markdown")
+    env = {
+        "AGENTAPP_DEMO": "1",
+        PACE_ENV: str(ECHO_TOKENS_PER_SECOND),
+        **agentapp_settings(tmp, AGENT_FACTORY="tests.markdown_agent.echo_agent"),
+    }
+    with live_daphne(tmp, env) as live:
+        yield live
+    failures = [line for line in live.output().splitlines() if "Traceback" in line or " ERROR " in line]
+    assert failures == [], live.output()
+
+
+def answered(tab: Tab, prompt: str) -> Locator:
+    """Send a prompt and return the rendered Markdown of its answer once the run completed."""
+    tab.ask(prompt)
+    run = tab.last_run()
+    expect(run.locator(".run-status")).to_have_text("completed", timeout=RUN_TIMEOUT_MS)
+    return run.locator(".message.assistant .markdown")
+
+
+def assert_sanitized(tab: Tab, answer: Locator) -> None:
+    """Nothing in the answer can run script, load a resource or leave the page but a safe link."""
+    assert tab.page.locator("#transcript :is(img, script, iframe, svg, input, form, style, object, embed)").count() == 0
+    attributes = answer.evaluate("(root) => [...root.querySelectorAll('*')].flatMap((e) => e.getAttributeNames())")
+    assert set(attributes) <= ALLOWED_ATTRIBUTES, attributes
+    links = answer.locator("a").evaluate_all(
+        "(links) => links.map((a) => [a.textContent, a.getAttribute('href'), a.rel, a.target])"
+    )
+    safe = {"rel": "noopener noreferrer", "target": "_blank"}
+    assert links == [
+        ["click me", None, "", ""],
+        ["relative", None, "", ""],
+        ["web", "https://example.com/x", safe["rel"], safe["target"]],
+        ["remote", "https://example.com/p.png", safe["rel"], safe["target"]],
+        ["data", None, "", ""],
+        ["upper", None, "", ""],
+        ["tab", None, "", ""],
+        ["javascript:alert(14)", None, "", ""],
+    ]
+    # Raw HTML reads as the text it is, in code and out of it.
+    text = answer.inner_text()
+    for raw in ('<img src=x onerror="alert(2)">', "<script>alert(3)</script>", '<iframe src="javascript:alert(4)">'):
+        assert raw in text
+    expect(answer.locator("p code")).to_have_text('<b onclick="alert(8)">code</b>')
+    expect(answer.locator("pre code")).to_have_text("<script>alert(11)</script>\n")
+    assert "pic" in text  # a javascript: image is its alt text only
+    answer.hover()
+    answer.locator("a", has_text="click me").click()  # an anchor without href: nothing happens
+    assert tab.dialogs == []
+
+
+def test_markdown_answers_render_as_they_stream(markdown_server: LiveDaphne, new_tab) -> None:
+    tab = new_tab().open(markdown_server.url)
+    answer = answered(tab, SAMPLE_MARKDOWN)
+    expect(answer.locator("h2")).to_have_text("Steps")
+    expect(answer.locator("ol > li")).to_have_text(["Open the page", "Ask with Calculate 2+2"])
+    expect(answer.locator("ol strong")).to_have_text("the page")
+    expect(answer.locator("table th")).to_have_text(["Operation", "Result", "Note"])
+    expect(answer.locator("table td").nth(1)).to_have_text("4")
+    expect(answer.locator("pre code")).to_contain_text('print("a code line long enough')
+    expect(answer.locator("blockquote a").first).to_have_attribute("href", "https://example.com/docs")
+    expect(answer.locator("blockquote a").nth(1)).to_have_attribute("href", "mailto:ada@example.com")
+    # The stored answer renders the same from history.
+    tab.page.reload()
+    expect(tab.page.locator("#connection")).to_have_attribute("data-state", "open")
+    expect(tab.last_run().locator(".markdown table td").nth(1)).to_have_text("4")
+
+    # Bold text is bold while the run still streams the rest; Stop counts the chunks that streamed.
+    tab.ask("**bold start** " + " ".join(f"w{index}" for index in range(400)))
+    run = tab.last_run()
+    expect(run.locator(".markdown strong")).to_have_text("bold start", timeout=RUN_TIMEOUT_MS)
+    expect(run.locator(".run-status")).to_have_text("running")
+    expect(run.locator(".markdown")).to_contain_text("w5 ", timeout=RUN_TIMEOUT_MS)
+    tab.page.locator("#stop").click()
+    expect(run.locator(".run-status")).to_have_text("cancelled", timeout=RUN_TIMEOUT_MS)
+    streamed = run.locator(".markdown").inner_text().split()  # "bold", "start", "w0", ...: one chunk each
+    assert streamed[:3] == ["bold", "start", "w0"] and "w399" not in streamed
+    expect(run.locator(".run-usage")).to_have_text(f"{len(streamed)} tokens streamed")
+
+
+def test_hostile_markdown_is_sanitized(markdown_server: LiveDaphne, new_tab) -> None:
+    tab = new_tab().open(markdown_server.url)
+    answer = answered(tab, HOSTILE_MARKDOWN)
+    assert_sanitized(tab, answer)
+    # The same answer from history (the conversation frame) goes through the same sanitizer.
+    tab.page.reload()
+    expect(tab.page.locator("#connection")).to_have_attribute("data-state", "open")
+    assert_sanitized(tab, tab.last_run().locator(".message.assistant .markdown"))
+    expect(tab.last_run().locator(".message.user")).to_have_text(HOSTILE_MARKDOWN.strip())
+
+
+### Phone width ###
+
+
+def assert_no_horizontal_scroll(page: Page) -> None:
+    """Neither the page nor the transcript scrolls sideways (wide code and tables scroll inside their block)."""
+    widths = page.evaluate(
+        """() => {
+            const transcript = document.getElementById("transcript");
+            return [document.documentElement.scrollWidth, window.innerWidth,
+                    transcript.scrollWidth, transcript.clientWidth];
+        }"""
+    )
+    page_width, viewport_width, transcript_width, transcript_client = widths
+    assert page_width <= viewport_width and transcript_width <= transcript_client, widths
+
+
+def test_phone_width_has_a_drawer_and_a_readable_chat(markdown_server: LiveDaphne, new_tab) -> None:
+    tab = new_tab(viewport=PHONE).open(markdown_server.url)
+    page = tab.page
+    menu = page.locator("#menu-toggle")
+    sidebar = page.locator("#sidebar")
+    expect(menu).to_be_visible()
+    expect(menu).to_have_attribute("aria-expanded", "false")
+    expect(sidebar).to_be_hidden()
+
+    # The drawer holds the conversation list, New conversation and Log in; Escape closes it, focus returns.
+    menu.click()
+    expect(menu).to_have_attribute("aria-expanded", "true")
+    expect(sidebar).to_be_visible()
+    expect(sidebar.locator("#conversations a[aria-current=page]")).to_be_focused()
+    expect(sidebar.locator("#new-conversation")).to_be_in_viewport(ratio=1)  # wholly: the drawer slid in
+    expect(sidebar.get_by_role("link", name="Log in")).to_be_in_viewport(ratio=1)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat-phone-drawer.png"))
+    page.keyboard.press("Escape")
+    expect(menu).to_have_attribute("aria-expanded", "false")
+    expect(sidebar).to_be_hidden()
+    expect(menu).to_be_focused()
+
+    # Closed by its button and by the backdrop too.
+    menu.click()
+    page.locator("#drawer-close").click()
+    expect(sidebar).to_be_hidden()
+    menu.click()
+    page.locator("#drawer-backdrop").click(position={"x": PHONE["width"] - 20, "y": PHONE["height"] // 2})
+    expect(sidebar).to_be_hidden()
+
+    # A prompt is sent and its answer, with a wide table and code line, is read without scrolling sideways.
+    answer = answered(tab, SAMPLE_MARKDOWN)
+    expect(answer.locator("table td").nth(1)).to_have_text("4")
+    expect(tab.last_run().locator(".message.assistant")).to_be_in_viewport()
+    assert_no_horizontal_scroll(page)
+    box = tab.last_run().locator(".message.assistant").bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    page.screenshot(path=str(ARTIFACTS / "chat-phone.png"))
+
+    # The first conversation is in the drawer's list, and New conversation there starts another.
+    first = page.url
+    menu.click()
+    sidebar.locator("#new-conversation").click()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+    expect(page).not_to_have_url(first)
+    expect(page).to_have_url(re.compile(r"\?c=[0-9a-f-]{36}$"))
+    menu.click()
+    expect(sidebar.locator("#conversations a")).to_have_count(2)
+    sidebar.locator("#conversations a", has_text="## Steps").click()
+    expect(page).to_have_url(first)
+    expect(tab.last_run().locator(".markdown table td").nth(1)).to_have_text("4")

@@ -2,11 +2,14 @@
  * chat.js: the chat page. It renders the conversation frame's history, then live frames from this
  * connection and, through the conversation group, from every other connection to the same conversation.
  *
- * Model and tool output is only ever inserted as text (textContent / text nodes), never parsed as HTML.
+ * Tool output, prompts and titles are only ever inserted as text (textContent / text nodes). Assistant text is
+ * Markdown, rendered and sanitized by markdown.js (raw HTML shown as text, safe links only, no images loaded).
  */
 import { AgentSocket, websocketUrl } from "./agentapp.js";
 import { SharePanel } from "./share.js";
+import { Drawer } from "./drawer.js";
 import { node } from "./dom.js";
+import { MarkdownView } from "./markdown.js";
 
 const root = document.getElementById("agentapp");
 const transcript = document.getElementById("transcript");
@@ -19,6 +22,7 @@ const titleElement = document.getElementById("conversation-title");
 const conversationList = document.getElementById("conversations");
 const watchersElement = document.getElementById("watchers");
 const sharePanel = new SharePanel(root);
+new Drawer(root);
 
 const websocketPath = root.dataset.websocketPath || "/ws/agent/";
 const UNTITLED = "New conversation";
@@ -36,6 +40,36 @@ const runs = new Map(); // run_id -> RunView
 const activeRuns = new Set(); // run_ids started and not finished, from any connection
 let pendingApproval = null; // { runId, interrupts } while a tool call waits for a human's answer
 let answering = false; // an interrupt_response was sent and no run or error came back yet
+
+// ---- Markdown rendering, at most once per animation frame ----
+
+const staleViews = new Set(); // MarkdownViews with text not rendered yet
+let renderFrame = 0;
+
+/** Whether the transcript is scrolled to (near) its end, so new content should keep it there. */
+function pinnedToEnd() {
+  return transcript.scrollHeight - transcript.scrollTop - transcript.clientHeight < 48;
+}
+
+/** Render a streaming text block on the next animation frame: a long answer is parsed once a frame, not per delta. */
+function scheduleRender(view) {
+  staleViews.add(view);
+  if (!renderFrame) renderFrame = requestAnimationFrame(renderStale);
+}
+
+function renderStale() {
+  renderFrame = 0;
+  const pinned = pinnedToEnd();
+  for (const view of staleViews) view.render();
+  staleViews.clear();
+  if (pinned) transcript.scrollTop = transcript.scrollHeight;
+}
+
+/** Render a text block now (it is complete, or about to be marked). */
+function renderNow(view) {
+  staleViews.delete(view);
+  view.render();
+}
 
 // ---- DOM helpers ----
 
@@ -69,8 +103,10 @@ class RunView {
     this.runId = runId;
     this.seen = new Set(); // seqs already applied, so a frame arriving twice is shown once
     this.tools = new Map(); // toolUseId -> card parts
-    this.segment = null; // the text node live text is appended to
+    this.segment = null; // the MarkdownView live text is appended to
     this.lastText = null; // the element of the latest text block
+    this.streamed = 0; // text and reasoning deltas received live (a merged frame counts each delta it carries)
+    this.usage = null; // the result frame's usage, when it came
     this.streamedSinceMessage = false;
     this.finished = false;
     this.element = node("section", "run");
@@ -85,14 +121,14 @@ class RunView {
     this.element.append(this.promptElement, this.body, footer);
   }
 
-  /** Whether a frame (or a merged range seq_first..seq) is new; marks it seen. */
+  /** How many seqs of a frame (or of a merged range seq_first..seq) are new, 0 if none; marks them seen. */
   fresh(frame) {
-    if (typeof frame.seq !== "number") return true;
+    if (typeof frame.seq !== "number") return 1;
     const first = typeof frame.seq_first === "number" ? frame.seq_first : frame.seq;
-    let unseen = false;
+    let unseen = 0;
     for (let seq = first; seq <= frame.seq; seq += 1) {
       if (!this.seen.has(seq)) {
-        unseen = true;
+        unseen += 1;
         this.seen.add(seq);
       }
     }
@@ -106,24 +142,30 @@ class RunView {
     }
   }
 
+  /** Append Markdown to the text block being streamed, starting one if needed; it renders on the next frame. */
   appendText(text) {
     if (this.segment === null) {
       this.lastText = node("div", "message assistant");
-      this.segment = document.createTextNode("");
-      this.lastText.append(this.segment);
+      const content = node("div", "markdown");
+      this.lastText.append(content);
       this.body.append(this.lastText);
+      this.segment = new MarkdownView(content);
     }
-    this.segment.appendData(text);
+    this.segment.append(text);
+    scheduleRender(this.segment);
   }
 
   /** Close the text block being streamed; the next text starts a new one (after a tool card, say). */
   endSegment(partial = false) {
-    if (this.segment !== null && partial) markPartial(this.segment.parentNode);
+    if (this.segment === null) return;
+    renderNow(this.segment);
+    if (partial) markPartial(this.lastText);
     this.segment = null;
   }
 
   /** The run ended without completing: text it ended on was cut short (as the server saved it). */
   cutShort() {
+    if (this.segment !== null) renderNow(this.segment);
     if (this.lastText !== null && this.body.lastElementChild === this.lastText) markPartial(this.lastText);
     this.segment = null;
   }
@@ -231,10 +273,27 @@ class RunView {
   }
 
   setUsage(usage) {
-    if (usage && typeof usage.totalTokens === "number") this.usageElement.textContent = `${usage.totalTokens} tokens`;
+    if (usage && typeof usage.totalTokens === "number") this.usage = usage;
+    this.showProduced();
+  }
+
+  /**
+   * What the run produced: the usage the model reported, unless it counts fewer output tokens than the deltas we
+   * saw stream (a stopped model call reports no usage), then the streamed count.
+   */
+  showProduced() {
+    const reported = typeof this.usage?.outputTokens === "number" ? this.usage.outputTokens : 0;
+    if (this.usage !== null && this.streamed <= reported) {
+      this.usageElement.textContent = `${this.usage.totalTokens} tokens`;
+      this.usageElement.removeAttribute("title");
+    } else if (this.streamed > 0) {
+      this.usageElement.textContent = `${this.streamed} tokens streamed`;
+      this.usageElement.title = "Counted from the streamed text: the model reported no usage for the cut-short call.";
+    }
   }
 }
 
+/** The view of a run, created (and appended to the transcript) on first sight. */
 function runFor(runId) {
   let run = runs.get(runId);
   if (!run) {
@@ -276,6 +335,7 @@ function onConversation(frame) {
   stopping = false;
   runs.clear();
   activeRuns.clear();
+  staleViews.clear();
   transcript.replaceChildren();
   setTitle(frame.title || "");
   for (const message of frame.messages || []) renderHistoryMessage(message);
@@ -374,7 +434,8 @@ function showError(frame) {
 
 function onRunFrame(frame) {
   const run = runFor(frame.run_id);
-  if (!run.fresh(frame)) return;
+  const unseen = run.fresh(frame);
+  if (!unseen) return;
   if (frame.type !== "run_finished" && !run.finished && !activeRuns.has(run.runId)) {
     activeRuns.add(run.runId);
     run.setStatus("running");
@@ -396,9 +457,11 @@ function onRunFrame(frame) {
       break;
     case "data":
       run.streamedSinceMessage = true;
+      run.streamed += unseen;
       run.appendText(frame.data);
       break;
     case "reasoning":
+      run.streamed += unseen;
       run.appendReasoning(frame.reasoningText);
       break;
     case "current_tool_use":
@@ -427,6 +490,7 @@ function onRunFrame(frame) {
       else run.cutShort();
       run.finished = true;
       run.setStatus(frame.status);
+      run.showProduced();
       activeRuns.delete(run.runId);
       if (activeRuns.size === 0) stopping = false;
       break;
@@ -436,7 +500,7 @@ function onRunFrame(frame) {
 }
 
 function onFrame(frame) {
-  const pinned = transcript.scrollHeight - transcript.scrollTop - transcript.clientHeight < 48;
+  const pinned = pinnedToEnd();
   if (frame.type === "conversation") {
     onConversation(frame);
   } else if (frame.conversation_id && conversationId && frame.conversation_id !== conversationId) {
