@@ -4,7 +4,8 @@
 An answer ``{"decision": "approve" | "deny", "text": ..., "user": ...}`` goes back through ``responses_prompt``:
 approve runs the tool, deny (or anything malformed) cancels it with an error toolResult the model reads.
 While paused, the agent's messages end with the unanswered assistant toolUse; ``export_state`` and
-``restore_state`` carry the pause to another Agent instance built from the same history.
+``restore_state`` carry the pause to another Agent instance built from the same history, through Strands' public
+snapshots (``Agent.take_snapshot`` / ``Agent.load_snapshot`` with the ``interrupt_state`` field).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from strands.hooks import BeforeToolCallEvent, HookProvider, HookRegistry
-from strands.interrupt import Interrupt, _InterruptState
-from strands.types.exceptions import SessionException
+from strands.interrupt import Interrupt
+from strands.types.exceptions import SessionException, SnapshotException
 
 from .protocol import from_storable, json_safe, to_storable
 
@@ -32,6 +33,8 @@ APPROVE = "approve"
 DENY = "deny"
 # Longest reviewer text passed on to the model.
 MAX_TEXT_CHARS = 4000
+# The snapshot field holding an agent's interrupt state (``strands.types.SnapshotField``).
+INTERRUPT_STATE_FIELD = "interrupt_state"
 
 
 class StaleApprovalState(ValueError):
@@ -157,9 +160,8 @@ def _interrupts_of(source: Any) -> list[Interrupt | Mapping[str, Any]]:
         if "interrupts" in source and "activated" in source:
             return list(source["interrupts"].values()) if source["activated"] else []
         return []
-    state = getattr(source, "_interrupt_state", None)
-    if isinstance(state, _InterruptState):
-        return list(state.interrupts.values()) if state.activated else []
+    if hasattr(source, "take_snapshot"):
+        return _interrupts_of(_snapshot_state(source))
     if hasattr(source, "interrupts") and hasattr(source, "stop_reason"):
         return list(source.interrupts or [])
     return list(source or [])
@@ -213,9 +215,30 @@ def responses_prompt(answers: Mapping[str, Any]) -> list[dict[str, Any]]:
     return blocks
 
 
+def _snapshot_state(agent: Agent) -> dict[str, Any]:
+    """The agent's interrupt state as Strands serializes it in a snapshot."""
+    return agent.take_snapshot(include=[INTERRUPT_STATE_FIELD]).data[INTERRUPT_STATE_FIELD]
+
+
+def _load_state(agent: Agent, state: Mapping[str, Any]) -> None:
+    """Give ``agent`` a serialized interrupt state through a snapshot of that one field."""
+    snapshot = agent.take_snapshot(include=[INTERRUPT_STATE_FIELD])
+    snapshot.data[INTERRUPT_STATE_FIELD] = dict(state)
+    agent.load_snapshot(snapshot)
+
+
+def _pending_message(state: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The assistant message holding the paused tool uses, in the current layout or the one before 1.55."""
+    pending = state.get("pending_tool_execution")
+    if isinstance(pending, Mapping):
+        return pending.get("assistant_message")
+    context = state.get("context")
+    return context.get("tool_use_message") if isinstance(context, Mapping) else None
+
+
 def export_state(agent: Agent) -> dict[str, Any]:
     """The agent's interrupt state as a JSON-safe dict (bytes as base64), for ``restore_state`` elsewhere."""
-    return to_storable(agent._interrupt_state.to_dict())
+    return to_storable(_snapshot_state(agent))
 
 
 def restore_state(agent: Agent, data: Mapping[str, Any] | None) -> None:
@@ -223,19 +246,23 @@ def restore_state(agent: Agent, data: Mapping[str, Any] | None) -> None:
 
     Error toolResults that history repair added for the pending tool uses are dropped, because Strands appends
     the real results on resume. Raises StaleApprovalState when the history no longer ends at the pending call.
+    A state saved by an older Strands (before 1.55 the pending call sat in its context) restores into a newer one.
     """
     if not data:
-        agent._interrupt_state = _InterruptState()
+        # Nothing pending, as ``Agent.take_snapshot`` serializes it (fresh dicts: older Strands keeps them as given).
+        _load_state(agent, {"interrupts": {}, "context": {}, "activated": False})
         return
+    state = from_storable(dict(data))
+    if not isinstance(state, Mapping) or not {"interrupts", "context", "activated"} <= state.keys():
+        raise StaleApprovalState("Not an exported interrupt state: it lacks interrupts, context or activated.")
+    pending = _pending_message(state)
+    keep = _resume_point(agent.messages, pending) if state["activated"] and isinstance(pending, Mapping) else None
     try:
-        state = _InterruptState.from_dict(from_storable(dict(data)))
-    except (KeyError, TypeError, AttributeError, SessionException) as exc:
+        _load_state(agent, state)
+    except (KeyError, TypeError, AttributeError, SessionException, SnapshotException) as exc:
         raise StaleApprovalState(f"Not an exported interrupt state: {exc}") from exc
-    pending = state.pending_tool_execution
-    if state.activated and pending is not None:
-        keep = _resume_point(agent.messages, pending.assistant_message)
+    if keep is not None:
         del agent.messages[keep:]
-    agent._interrupt_state = state
 
 
 def _resume_point(messages: list[Any], pending_message: Mapping[str, Any]) -> int:

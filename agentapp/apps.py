@@ -9,3 +9,12 @@ class AgentappConfig(AppConfig):
     name = "agentapp"
     verbose_name = "Agent conversations"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        """Fail at startup, naming the pip extra, when a setting needs an optional package that is missing."""
+        from django.conf import settings
+
+        from .conf import app_settings
+        from .extras import check_settings
+
+        check_settings(getattr(settings, "CHANNEL_LAYERS", {}), app_settings.MODEL)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -273,6 +275,26 @@ def roundtrip(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def completed_results(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tool results finished before the pause, in Strands' current state layout or the one before 1.55."""
+    if "pending_tool_execution" in state:
+        return state["pending_tool_execution"]["completed_tool_results"]
+    return state["context"]["tool_results"]
+
+
+def legacy_layout(state: dict[str, Any]) -> dict[str, Any]:
+    """An exported state as Strands before 1.55 wrote it: the pending tool uses in its context."""
+    state = dict(state)
+    pending = state.pop("pending_tool_execution", None)
+    if pending is not None:
+        state["context"] = {
+            **state["context"],
+            "tool_use_message": pending["assistant_message"],
+            "tool_results": pending["completed_tool_results"],
+        }
+    return state
+
+
 @pytest.mark.asyncio
 async def test_fresh_agent_resumes_from_exported_state_and_the_same_messages() -> None:
     old, _, result = await paused_agent()
@@ -350,7 +372,7 @@ async def test_results_of_unguarded_siblings_wait_in_the_state_until_resume() ->
     assert [payload["toolUseId"] for payload in interrupt_payloads(result)] == ["t1"]
     assert tool_results(old.messages) == [], "the finished sibling's result is not in the messages yet"
     saved = roundtrip(export_state(old))
-    assert [r["toolUseId"] for r in saved["pending_tool_execution"]["completed_tool_results"]] == ["t2"]
+    assert [r["toolUseId"] for r in completed_results(saved)] == ["t2"]
 
     fresh = make_agent(messages=repair(roundtrip(old.messages)))
     restore_state(fresh, saved)
@@ -361,3 +383,40 @@ async def test_results_of_unguarded_siblings_wait_in_the_state_until_resume() ->
         ("t2", "success"),
         ("t1", "success"),
     ]
+
+
+@pytest.mark.asyncio
+async def test_a_state_saved_by_an_older_strands_resumes() -> None:
+    old, _, result = await paused_agent()
+    saved = legacy_layout(roundtrip(export_state(old)))
+    assert "tool_use_message" in saved["context"]
+
+    fresh = make_agent(messages=repair(roundtrip(old.messages)))
+    restore_state(fresh, saved)
+    assert tool_results(fresh.messages) == [], "the repair's error result is dropped"
+    _, resumed = await run(fresh, responses_prompt({result.interrupts[0].id: {"decision": "approve"}}))
+    assert resumed.stop_reason == "end_turn"
+    assert CALLS == [("guarded", 1)]
+
+
+def private_strands_uses(path: Path) -> list[str]:
+    """Private Strands names a module imports, and private ``_interrupt_state``-style attributes it touches."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("strands"):
+            found += [f"{node.module}.{alias.name}" for alias in node.names if alias.name.startswith("_")]
+            found += [node.module] if any(part.startswith("_") for part in node.module.split(".")) else []
+        elif isinstance(node, ast.Attribute) and node.attr in PRIVATE_STRANDS_ATTRIBUTES:
+            found.append(f"line {node.lineno}: .{node.attr}")
+    return found
+
+
+# Private attributes of Strands objects that a public API covers (``Agent.take_snapshot`` / ``load_snapshot``).
+PRIVATE_STRANDS_ATTRIBUTES = {"_interrupt_state", "_model_state", "_system_prompt_content"}
+
+
+def test_agentapp_uses_only_public_strands_apis() -> None:
+    package = Path(__file__).resolve().parents[1] / "agentapp"
+    uses = {str(path.relative_to(package)): private_strands_uses(path) for path in sorted(package.rglob("*.py"))}
+    assert {name: found for name, found in uses.items() if found} == {}

@@ -1,7 +1,9 @@
 """The wheel outside this repository: a fresh venv and a ``startproject`` site configured only as README says.
 
-The site is served by daphne from that venv and driven over a real WebSocket, so this proves the packaged app
-(migrations, templates, routing) works without the example ``project`` package or anything in this checkout.
+The site is served by daphne from that venv; an ordinary user logs in at /accounts/login/ over HTTP and chats over a
+real WebSocket, so this proves the packaged app (migrations, templates, routing, the login template) works without
+the example ``project`` package or anything in this checkout. The core install leaves the extras out, and a setting
+that needs one fails with the pip command to run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -33,18 +36,32 @@ HOST = "127.0.0.1"
 FRAME_TIMEOUT = 15
 RUN_DEADLINE = 60
 SERVER_START_TIMEOUT = 30
-REQUIRED_IN_WHEEL = ("agentapp/migrations/0001_initial.py", "agentapp/templates/agentapp/chat.html")
+REQUIRED_IN_WHEEL = (
+    "agentapp/migrations/0001_initial.py",
+    "agentapp/templates/agentapp/chat.html",
+    "agentapp/templates/registration/login.html",
+    "agentapp/urls/page.py",
+)
+# Extras the core install leaves out (README step 1).
+NOT_IN_CORE_INSTALL = ("channels_redis", "redis")
 # A fenced python block preceded by "<!-- wheel test: append to PATH -->" or "<!-- wheel test: write PATH -->".
 README_BLOCK_RE = re.compile(r"<!-- wheel test: (append to|write) (\S+) -->\s*```python\n(.*?)```", re.DOTALL)
 
-SESSION_SCRIPT = """
-from django.contrib.auth import get_user_model
-from django.test import Client
-user = get_user_model().objects.create_user("ada", password="wheel-test-password")
-client = Client()
-client.force_login(user)
-print("SESSIONID=" + client.cookies["sessionid"].value)
+# README step 5: an ordinary user; the test logs in as them through /accounts/login/, as a browser would.
+USERNAME = "ada"
+PASSWORD = "wheel-test-password"
+USER_SCRIPT = f"""
+from django.contrib.auth.models import User
+user = User.objects.create_user({USERNAME!r}, password={PASSWORD!r})
+assert not user.is_staff and not user.is_superuser
 """
+# A settings module naming the Redis layer, which the core install (no ``redis`` extra) cannot serve.
+REDIS_SETTINGS = """
+from mysite.settings import *  # noqa: F403
+
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://x"]}}}
+"""
+MISSING_EXTRA = "needs the channels_redis package, which is not installed: pip install 'agentapp[redis]'."
 
 ISOLATION_SCRIPT = """
 import importlib.util, json, sys
@@ -52,6 +69,7 @@ import agentapp
 print(json.dumps({
     "agentapp": agentapp.__file__,
     "project_importable": importlib.util.find_spec("project") is not None,
+    "missing": [name for name in ("channels_redis", "redis") if importlib.util.find_spec(name) is None],
     "sys_path": sys.path,
 }))
 """
@@ -164,14 +182,53 @@ def stop(server: subprocess.Popen[Any]) -> None:
             server.wait(timeout=10)
 
 
-def http_get(port: int, path: str, cookie: str | None) -> tuple[int, str]:
+def http_request(
+    port: int, method: str, path: str, cookie: str | None, body: str | None = None
+) -> tuple[int, dict[str, str], list[str], str]:
+    """One request: its status, headers, Set-Cookie values and body."""
     connection = http.client.HTTPConnection(HOST, port, timeout=FRAME_TIMEOUT)
+    headers = {"Cookie": cookie} if cookie else {}
+    if body is not None:
+        headers.update({"Content-Type": "application/x-www-form-urlencoded", "Origin": f"http://{HOST}:{port}"})
     try:
-        connection.request("GET", path, headers={"Cookie": cookie} if cookie else {})
+        connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
-        return response.status, response.read().decode("utf-8", errors="replace")
+        cookies = response.headers.get_all("Set-Cookie") or []
+        text = response.read().decode("utf-8", errors="replace")
+        return response.status, dict(response.getheaders()), cookies, text
     finally:
         connection.close()
+
+
+def http_get(port: int, path: str, cookie: str | None) -> tuple[int, str]:
+    status, _, _, body = http_request(port, "GET", path, cookie)
+    return status, body
+
+
+def cookie_value(set_cookies: list[str], name: str) -> str:
+    """The value a Set-Cookie header gives ``name``; fails the test without one."""
+    for header in set_cookies:
+        key, _, rest = header.partition("=")
+        if key.strip() == name:
+            return rest.split(";", 1)[0]
+    pytest.fail(f"no {name} cookie in {set_cookies}")
+
+
+def log_in(port: int) -> str:
+    """Log in as the ordinary user through /accounts/login/ as README says, and return the Cookie header to send."""
+    status, headers, _, _ = http_request(port, "GET", "/agent/", None)
+    assert status == 302 and headers["Location"] == "/accounts/login/?next=/agent/", (status, headers)
+    status, _, set_cookies, form = http_request(port, "GET", headers["Location"], None)
+    assert status == 200 and 'name="username"' in form and 'name="password"' in form, (status, form[:500])
+    csrf_cookie = cookie_value(set_cookies, "csrftoken")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form)
+    assert token, form[:500]
+    body = urlencode({"csrfmiddlewaretoken": token[1], "username": USERNAME, "password": PASSWORD, "next": "/agent/"})
+    status, headers, set_cookies, page = http_request(
+        port, "POST", "/accounts/login/", f"csrftoken={csrf_cookie}", body
+    )
+    assert status == 302 and headers["Location"] == "/agent/", (status, headers, page[:500])
+    return f"sessionid={cookie_value(set_cookies, 'sessionid')}"
 
 
 ### The WebSocket ###
@@ -204,11 +261,9 @@ def until_finished(ws: ClientConnection) -> list[dict[str, Any]]:
 
 
 def check_site(port: int, cookie: str) -> None:
-    """The chat page, the login check and one calculator run over a real socket, then the stored history."""
+    """The chat page as the logged-in user, the anonymous socket refused, one calculator run, the stored history."""
     status, body = http_get(port, "/agent/", cookie)
-    assert status == 200 and 'id="transcript"' in body, (status, body[:500])
-    status, _ = http_get(port, "/agent/", None)
-    assert status == 302
+    assert status == 200 and 'id="transcript"' in body and 'data-authenticated="1"' in body, (status, body[:500])
 
     with open_socket(port, "/ws/agent/", None) as anonymous:
         refused = receive(anonymous)
@@ -272,15 +327,25 @@ def test_wheel_serves_a_fresh_startproject_site(tmp_path: Path) -> None:
         assert Path(isolation["agentapp"]).is_relative_to(venv), isolation["agentapp"]
         assert not isolation["project_importable"]
         assert not [entry for entry in isolation["sys_path"] if entry.startswith(str(ROOT))], isolation["sys_path"]
+        assert isolation["missing"] == list(NOT_IN_CORE_INSTALL), isolation
 
         with timings.step("startproject + migrate"):
             run([str(venv / "bin" / "django-admin"), "startproject", "mysite", str(site)], tmp_path, env, timeout=60)
             apply_readme(site)
             run([python, "manage.py", "migrate", "--noinput"], site, env, timeout=120)
-            output = run([python, "manage.py", "shell", "-c", SESSION_SCRIPT], site, env, timeout=60)
-        session_id = re.search(r"^SESSIONID=(\w+)$", output, re.MULTILINE)
-        assert session_id, output
-        cookie = f"sessionid={session_id.group(1)}"
+            run([python, "manage.py", "shell", "-c", USER_SCRIPT], site, env, timeout=60)
+
+        (site / "mysite" / "redis_settings.py").write_text(REDIS_SETTINGS, encoding="utf-8")
+        refused = subprocess.run(
+            [python, "manage.py", "check", "--settings", "mysite.redis_settings"],
+            cwd=site,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert refused.returncode != 0 and MISSING_EXTRA in refused.stderr, (refused.returncode, refused.stderr)
 
         port = free_port()
         with timings.step("start daphne"), log.open("w") as log_file:
@@ -292,8 +357,8 @@ def test_wheel_serves_a_fresh_startproject_site(tmp_path: Path) -> None:
                 stderr=subprocess.STDOUT,
             )
             wait_for_port(port, server, log)
-        with timings.step("chat over WebSocket"):
-            check_site(port, cookie)
+        with timings.step("log in, chat over WebSocket"):
+            check_site(port, log_in(port))
     finally:
         if server is not None:
             stop(server)

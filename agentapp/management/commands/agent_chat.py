@@ -1,9 +1,16 @@
-"""``manage.py agent_chat "Calculate 2+2"``: stream a run in the terminal and save it like any other run."""
+"""``manage.py agent_chat "Calculate 2+2" --user ada``: stream a run in the terminal and save it like any other run.
+
+A new conversation belongs to ``--user`` and shows in that user's list on the chat page; without ``--user`` the
+command refuses to create one unless ``--no-owner`` says so. Ctrl-C stops the run at Strands' next safe point (saved
+``cancelled``; a second Ctrl-C stops it at once, saved ``interrupted``), prints one line and exits with status 130.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
+from types import TracebackType
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -19,6 +26,9 @@ from agentapp.models import Conversation
 from agentapp.recorder import ConversationBusy
 from agentapp.runner import AgentRun
 
+# Exit status after Ctrl-C, as shells report a process ended by SIGINT (128 + 2).
+INTERRUPTED_EXIT_STATUS = 130
+
 
 class Command(BaseCommand):
     """Runs one prompt through the configured agent, printing text, tool calls and results as they come."""
@@ -28,15 +38,48 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("prompt", help="The prompt to send.")
         parser.add_argument("--conversation", help="UUID of a conversation to continue.")
-        parser.add_argument("--user", help="Username that owns a new conversation (default: none).")
+        parser.add_argument(
+            "--user",
+            help="Username the run is for; a new conversation belongs to this user (default with --conversation: "
+            "the conversation's owner).",
+        )
+        parser.add_argument(
+            "--no-owner",
+            action="store_true",
+            help="Create a new conversation without an owner: it is saved and shown in the admin, but no one opens "
+            "it on the chat page.",
+        )
         parser.add_argument("--json", action="store_true", help="Print the wire frames as JSON lines.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         user = self._user(options["user"])
+        if options["conversation"] is None and user is None and not options["no_owner"]:
+            raise CommandError(
+                "A new conversation needs an owner: pass --user USERNAME (it then shows in that user's list on the "
+                "chat page), or --no-owner to create one that only the admin shows."
+            )
         conversation = self._conversation(options["conversation"], user)
-        status = asyncio.run(self._run(conversation, user, options["prompt"], options["json"]))
+        if user is None:
+            user = conversation.owner
+        printer = FramePrinter(self.stdout, options["json"])
+        self.ctrl_c: StopOnCtrlC | None = None
+        try:
+            status = asyncio.run(self._run(conversation, user, options["prompt"], printer))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            # Ctrl-C before the run streamed (asyncio.run's own handler), or a second one: the task was cancelled and
+            # the runner saved the run as interrupted on its way out.
+            self._interrupted(printer, protocol.STATUS_INTERRUPTED)
+        if self.ctrl_c is not None and self.ctrl_c.presses:
+            self._interrupted(printer, status)
         if status != protocol.STATUS_COMPLETED:
             raise CommandError(f"Run ended {status}.")
+
+    def _interrupted(self, printer: FramePrinter, status: str) -> None:
+        """End the command after Ctrl-C: one line on stderr, exit status 130, no traceback."""
+        if not printer.as_json:
+            self.stdout.write("")  # end the line the streamed text was on
+        where = f"run {printer.run_id} saved as {status}" if printer.run_id else "no run was started"
+        raise CommandError(f"Interrupted: {where}.", returncode=INTERRUPTED_EXIT_STATUS)
 
     def _user(self, username: str | None) -> Any:
         if not username:
@@ -54,15 +97,50 @@ class Command(BaseCommand):
         except (Conversation.DoesNotExist, ValidationError, ValueError) as exc:
             raise CommandError(f"No conversation {conversation_id!r}.") from exc
 
-    async def _run(self, conversation: Conversation, user: Any, prompt: str, as_json: bool) -> str:
+    async def _run(self, conversation: Conversation, user: Any, prompt: str, printer: FramePrinter) -> str:
         history = await database_sync_to_async(load_messages)(conversation.pk)
         agent = await database_sync_to_async(build_agent)(conversation, user, history)
-        printer = FramePrinter(self.stdout, as_json)
         run = AgentRun(agent, prompt, str(conversation.pk), printer.emit, user_id=getattr(user, "pk", None))
         try:
-            return await run.execute(time_limit=app_settings.RUN_TIME_LIMIT_SECONDS)
+            with StopOnCtrlC(run) as self.ctrl_c:
+                return await run.execute(time_limit=app_settings.RUN_TIME_LIMIT_SECONDS)
         except ConversationBusy:
             raise CommandError("Another run is in progress in this conversation.") from None
+
+
+class StopOnCtrlC:
+    """While a run streams, the first Ctrl-C asks it to stop at Strands' next safe point; a second cancels its task.
+
+    Outside the main thread (or where the loop cannot watch signals) it does nothing and Ctrl-C keeps its default.
+    """
+
+    def __init__(self, run: AgentRun) -> None:
+        self.run = run
+        self.presses = 0
+        self.task = asyncio.current_task()
+        self.installed = False
+
+    def __enter__(self) -> StopOnCtrlC:
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self.pressed)
+        except (ValueError, RuntimeError, NotImplementedError):
+            return self
+        self.installed = True
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self.installed:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+
+    def pressed(self) -> None:
+        """Called on each Ctrl-C."""
+        self.presses += 1
+        if self.presses == 1:
+            self.run.cancel()
+        elif self.task is not None:
+            self.task.cancel()
 
 
 class FramePrinter:
@@ -72,9 +150,12 @@ class FramePrinter:
         self.out = out
         self.as_json = as_json
         self.announced_tools: set[str] = set()
+        self.run_id = ""
 
     async def emit(self, frame: dict[str, Any]) -> None:
         """Print one frame."""
+        if frame["type"] == protocol.RUN_STARTED:
+            self.run_id = str(frame["run_id"])
         if self.as_json:
             self.out.write(protocol.encode_frame(frame))
             return

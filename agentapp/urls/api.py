@@ -1,17 +1,14 @@
-"""HTTP routes of agentapp: include them with ``path("", include("agentapp.urls"))``."""
+"""The JSON API (docs/api.md): conversations and their members; ``include("agentapp.urls.api")``."""
 
 from django.urls import path
 
-from . import api_conversations, api_members, sse, views
+from .. import api_conversations, api_members
 
 app_name = "agentapp"
 
 urlpatterns = [
-    path("", views.chat, name="chat"),
     path("api/conversations/", api_conversations.conversations, name="api_conversations"),
     path("api/conversations/<str:conversation_id>/", api_conversations.conversation, name="api_conversation"),
-    path("sse/", sse.stream, name="sse"),
-    path("sse/<uuid:conversation_id>/", sse.stream, name="sse_conversation"),
     path("api/conversations/<uuid:conversation_id>/members/", api_members.members, name="api_members"),
     path("api/conversations/<uuid:conversation_id>/members/<int:user_id>/", api_members.member, name="api_member"),
 ]

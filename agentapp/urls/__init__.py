@@ -1,0 +1,12 @@
+"""Every HTTP route of agentapp: the chat page, the JSON API and Server-Sent Events.
+
+Include them with ``path("agent/", include("agentapp.urls"))``. A project wanting only part includes one of the
+sets instead: ``agentapp.urls.page`` (the page and the API it calls), ``agentapp.urls.api`` or
+``agentapp.urls.sse``. The WebSocket is routed apart, by ``agentapp.routing.websocket_urlpatterns``.
+"""
+
+from . import page, sse
+
+app_name = "agentapp"
+
+urlpatterns = [*page.urlpatterns, *sse.urlpatterns]
