@@ -95,6 +95,12 @@ HELP = (
     '"the cube root of 27", "Multiply 6 by 7, then add 10", as well as "the capital of France" and "Stream 50 tokens". '
     'For real answers, configure a real model with AGENTAPP["MODEL"] (see the README).'
 )
+# What the demo says after echoing a prompt it has no answer for.
+INTRODUCTION = (
+    'I am agentapp\'s offline demo model: I do arithmetic with the calculator (try "What is 7 squared?" or '
+    '"Calculate 25% of 300"), name the capital of a country, and "Stream 50 tokens". For real answers, configure a '
+    'real model with AGENTAPP["MODEL"] (see the README).'
+)
 # Inline arithmetic lives in runs of these characters; each run is read once (see ``_inline_expression``).
 _ARITHMETIC_RUN_RE = re.compile(r"[\d.()+\-*/ ]++")
 _ARITHMETIC_START_RE = re.compile(r"-?[\d.(]")
@@ -354,7 +360,7 @@ def _decide(prompt: str, steps: list[_Step], tool_names: set[str]) -> tuple[_Too
         return "", plan.stream_tokens
     if _MATHS_RE.search(prompt):
         return HELP, None
-    return f"Offline model here. You said: {prompt}", None
+    return f"Offline model here. You said: {prompt} {INTRODUCTION}", None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from strands import Agent, tool
 
-from agentapp.offline_model import HELP, OfflineModel, OfflineModelError
+from agentapp.offline_model import HELP, INTRODUCTION, OfflineModel, OfflineModelError
 from agentapp.tools import calculator
 
 CALCULATOR_SPEC = {"name": "calculator", "description": "calc", "inputSchema": {"json": {}}}
@@ -183,10 +183,11 @@ async def test_stream_tokens_after_a_calculation() -> None:
 
 @pytest.mark.asyncio
 async def test_answer_tokens_pads_and_truncates() -> None:
-    padded = await run(Agent(model=OfflineModel(answer_tokens=8), callback_handler=None), "Hello")
+    capital = "What is the capital of France?"
+    padded = await run(Agent(model=OfflineModel(answer_tokens=8), callback_handler=None), capital)
     truncated = await run(Agent(model=OfflineModel(answer_tokens=2), callback_handler=None), "Hello")
 
-    assert padded["data"] == ["Offline ", "model ", "here. ", "You ", "said: ", "Hello ", "w6 ", "w7 "]
+    assert padded["data"] == ["The ", "capital ", "of ", "France ", "is ", "Paris. ", "w6 ", "w7 "]
     assert truncated["text"] == "Offline model "
 
 
@@ -194,7 +195,11 @@ async def test_answer_tokens_pads_and_truncates() -> None:
 async def test_plain_prompt_gets_a_deterministic_answer() -> None:
     run_ = await run(Agent(model=OfflineModel(), callback_handler=None), "Hello")
 
-    assert run_["data"] == ["Offline ", "model ", "here. ", "You ", "said: ", "Hello"]
+    again = await run(Agent(model=OfflineModel(), callback_handler=None), "Hello")
+
+    assert run_["data"][:6] == ["Offline ", "model ", "here. ", "You ", "said: ", "Hello "]
+    assert run_["data"] == again["data"]
+    assert "".join(run_["data"]) == f"Offline model here. You said: Hello {INTRODUCTION}"
     assert run_["tool_uses"] == []
 
 
@@ -228,7 +233,7 @@ async def test_reasoning_block_precedes_the_answer() -> None:
     assert reasoning == 'The user asked "Hello". I have 0 tool result(s), so I answer now.'
     content = run_["result"].message["content"]
     assert content[0]["reasoningContent"]["reasoningText"]["text"] == reasoning
-    assert content[1] == {"text": "Offline model here. You said: Hello"}
+    assert content[1] == {"text": f"Offline model here. You said: Hello {INTRODUCTION}"}
 
 
 @pytest.mark.asyncio
@@ -308,3 +313,13 @@ def test_config_round_trip() -> None:
         "reasoning": False,
         "model_id": "agentapp-offline",
     }
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("prompt", ["Hello", "Tell me a joke", "What's the weather?"])
+async def test_a_prompt_it_cannot_answer_gets_what_it_can_do(prompt: str) -> None:
+    """A newcomer asking anything learns what the demo does and how to configure a real model, not only an echo."""
+    run_ = await run(Agent(model=OfflineModel(), callback_handler=None), prompt)
+
+    assert run_["text"] == f"Offline model here. You said: {prompt} {INTRODUCTION}"
+    assert "7 squared" in run_["text"] and 'AGENTAPP["MODEL"]' in run_["text"]
