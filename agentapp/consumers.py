@@ -118,17 +118,38 @@ class AgentConsumer(AsyncWebsocketConsumer):
     pending_hello: dict[str, Any] | None = None
     # Counts the connections open on the conversation (agentapp.presence); None until access is granted.
     presence: Presence | None = None
+    # True once the connection left its group and presence (``disconnect``, or the last cleanup of a killed one).
+    cleaned_up: bool = False
 
     ### Connection ###
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Serve the connection; the writer task ends with it, even when the server cancels the connection."""
+        """Serve the connection; the writer task ends with it, even when the server cancels the connection.
+
+        A server that kills the application before ``disconnect`` ran or finished (daphne does after its application
+        close timeout) still gets it counted out of presence, out of the group and its run stopped, in one bounded step.
+        """
         try:
             await super().__call__(scope, receive, send)
         finally:
             if self.outbox is not None:
                 self.outbox.stop()
                 await asyncio.gather(self.outbox.task, return_exceptions=True)
+            if not self.cleaned_up:
+                await asyncio.gather(self._last_cleanup(), return_exceptions=True)
+
+    async def _last_cleanup(self) -> None:
+        """What ``disconnect`` would have done, none of it waited for longer than one layer call."""
+        if self.active_run is not None and not app_settings.RUNS_CONTINUE_ON_DISCONNECT:
+            self.active_run.cancel()
+        for task in getattr(self, "tasks", ()):
+            task.cancel()
+        bound = app_settings.BROADCAST_SEND_TIMEOUT_SECONDS
+        if self.presence is not None:
+            await _until(asyncio.get_running_loop().time() + bound, self.presence.stop(), "counting the connection out")
+        if self.group and self.channel_layer is not None:
+            await layer_call(self.channel_layer.group_discard(self.group, self.channel_name), "group_discard")
+        self.cleaned_up = True
 
     async def connect(self) -> None:
         """Authorize the user, join the conversation's group, then send its history (and any run in progress)."""
@@ -255,6 +276,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await _until(deadline, asyncio.shield(self.run_task), "saving the cancelled run")
         if self.group and self.channel_layer is not None:
             await layer_call(self.channel_layer.group_discard(self.group, self.channel_name), "group_discard")
+        self.cleaned_up = True
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Call the message's handler, without Channels' hop to the database thread before each one.

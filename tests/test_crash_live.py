@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -61,28 +62,44 @@ def text(frames: list[dict[str, Any]]) -> str:
     return "".join(frame["data"] for frame in frames if frame["type"] == "data")
 
 
-@pytest.mark.asyncio
-async def test_a_killed_process_leaves_a_run_that_is_ended_stored_and_closed(cluster: LiveCluster) -> None:
-    seeded = cluster.seed(["ada"], owner="ada")
-    session, conversation_id = seeded["users"]["ada"]["session"], seeded["conversation"]
-    path = f"/ws/agent/{conversation_id}/"
-    doomed, survivor = cluster.servers
+@dataclass
+class Killed:
+    """A conversation whose run's process was killed mid-answer, and what its client had seen by then."""
 
+    conversation_id: str
+    path: str
+    session: str
+    seen: list[dict[str, Any]]
+    killed_at: float
+
+
+async def kill_mid_run(cluster: LiveCluster, user: str, deltas_seen: int) -> Killed:
+    """Start "Stream 400 tokens" on the first server and SIGKILL it once ``deltas_seen`` text deltas arrived."""
+    seeded = cluster.seed([user], owner=user)
+    session, conversation_id = seeded["users"][user]["session"], seeded["conversation"]
+    path = f"/ws/agent/{conversation_id}/"
+    doomed = cluster.servers[0]
     async with live_socket(doomed, path, session) as asker:
         await asker.hello()
         await asker.prompt("Stream 400 tokens")
-        seen = await asker.until(lambda frames: deltas(frames) >= 2 * TOKENS_PER_SECOND)
-        run_id = seen[0]["run_id"]
+        seen = await asker.until(lambda frames: deltas(frames) >= deltas_seen)
         os.kill(doomed.pid, signal.SIGKILL)
-        killed_at = time.monotonic()
+        return Killed(conversation_id, path, session, seen, time.monotonic())
 
-    async with live_socket(survivor, path, session) as other:
+
+@pytest.mark.asyncio
+async def test_a_killed_process_leaves_a_run_that_is_ended_stored_and_closed(cluster: LiveCluster) -> None:
+    killed = await kill_mid_run(cluster, "ada", 2 * TOKENS_PER_SECOND)
+    run_id = killed.seen[0]["run_id"]
+    survivor = cluster.servers[1]
+
+    async with live_socket(survivor, killed.path, killed.session) as other:
         await other.hello()
         await other.connection.send('{"type": "cancel"}')
         finished = await other.until(
             lambda frames: frames[-1]["type"] == "run_finished" and frames[-1].get("run_id") == run_id
         )
-        ended_after = time.monotonic() - killed_at
+        ended_after = time.monotonic() - killed.killed_at
         assert finished[-1]["status"] == "interrupted"
         assert ended_after < ENDED_WITHIN_SECONDS
 
@@ -92,12 +109,12 @@ async def test_a_killed_process_leaves_a_run_that_is_ended_stored_and_closed(clu
         assert "6" in text(answer)
         assert deltas(answer) < 100  # "Stream 400 tokens" was not applied again
 
-    rows = stored(cluster, conversation_id)
+    rows = stored(cluster, killed.conversation_id)
     dead = [row for row in rows if row[3] == run_id]
     assert [(role, status) for role, _, _, _, status in dead] == [("user", "interrupted"), ("assistant", "interrupted")]
     saved_text, partial = dead[1][1], dead[1][2]
     assert partial
-    streamed = text(seen)
+    streamed = text(killed.seen)
     # What the client saw is stored, but for at most about one PARTIAL_SAVE_SECONDS of tokens (and the renewal tick).
     assert streamed.startswith(saved_text) or saved_text.startswith(streamed)
     assert len(saved_text.split()) >= len(streamed.split()) - int(1.5 * TOKENS_PER_SECOND)
@@ -108,19 +125,10 @@ async def test_a_killed_process_leaves_a_run_that_is_ended_stored_and_closed(clu
 @pytest.mark.asyncio
 async def test_a_prompt_after_a_kill_waits_at_most_the_lease(cluster: LiveCluster) -> None:
     """Prompts get ``busy`` only while the dead run's lease may still be held, then the conversation is free."""
-    seeded = cluster.seed(["bo"], owner="bo")
-    session, conversation_id = seeded["users"]["bo"]["session"], seeded["conversation"]
-    path = f"/ws/agent/{conversation_id}/"
-    doomed, survivor = cluster.servers
+    killed = await kill_mid_run(cluster, "bo", 10)
+    survivor = cluster.servers[1]
 
-    async with live_socket(doomed, path, session) as asker:
-        await asker.hello()
-        await asker.prompt("Stream 400 tokens")
-        await asker.until(lambda frames: deltas(frames) >= 10)
-        os.kill(doomed.pid, signal.SIGKILL)
-        killed_at = time.monotonic()
-
-    async with live_socket(survivor, path, session) as other:
+    async with live_socket(survivor, killed.path, killed.session) as other:
         await other.hello()
         while True:
             await other.prompt("Calculate 1+1")
@@ -128,9 +136,9 @@ async def test_a_prompt_after_a_kill_waits_at_most_the_lease(cluster: LiveCluste
             if frame["type"] != "error":
                 break
             assert frame["code"] == "busy", frame
-            assert time.monotonic() - killed_at < ENDED_WITHIN_SECONDS
+            assert time.monotonic() - killed.killed_at < ENDED_WITHIN_SECONDS
             await asyncio.sleep(0.25)  # poll interval between attempts; each attempt is answered before the next
         answer = await other.until_finished()
         assert answer[-1]["status"] == "completed"
-    statuses = {row[4] for row in stored(cluster, conversation_id)}
+    statuses = {row[4] for row in stored(cluster, killed.conversation_id)}
     assert statuses == {"interrupted", "completed"}

@@ -52,16 +52,24 @@ def start_dead_run(conversation: Conversation, prompt: str) -> str:
     return run_id
 
 
-async def execute(
+def start(
     agent: Agent, conversation: Conversation, prompt: str, prepare: Any = None
-) -> tuple[AgentRun, list[dict[str, Any]]]:
+) -> tuple[AgentRun, list[dict[str, Any]], asyncio.Task[str]]:
+    """Start a run in a task; its frames are collected in the list returned."""
     frames: list[dict[str, Any]] = []
 
     async def emit(frame: dict[str, Any]) -> None:
         frames.append(frame)
 
     run = AgentRun(agent, prompt, str(conversation.pk), emit, user_id=conversation.owner_id, prepare=prepare)
-    await run.execute(time_limit=60)
+    return run, frames, asyncio.create_task(run.execute(time_limit=60))
+
+
+async def execute(
+    agent: Agent, conversation: Conversation, prompt: str, prepare: Any = None
+) -> tuple[AgentRun, list[dict[str, Any]]]:
+    run, frames, task = start(agent, conversation, prompt, prepare)
+    await task
     return run, frames
 
 
@@ -186,13 +194,7 @@ async def wait_for(condition: Any, timeout: float = 10.0) -> Any:
 async def test_streamed_text_is_saved_while_it_streams_and_the_lease_renewed(user, settings):
     settings.AGENTAPP = {"RUN_LEASE_SECONDS": 0.4, "PARTIAL_SAVE_SECONDS": 0.1}
     conversation = await Conversation.objects.acreate(owner=user)
-    frames: list[dict[str, Any]] = []
-
-    async def emit(frame: dict[str, Any]) -> None:
-        frames.append(frame)
-
-    run = AgentRun(paced_agent(100), "Stream 200 tokens", str(conversation.pk), emit, user_id=user.pk)
-    task = asyncio.create_task(run.execute(time_limit=60))
+    run, frames, task = start(paced_agent(100), conversation, "Stream 200 tokens")
 
     def draft() -> Message | None:
         return Message.objects.filter(conversation=conversation, role="assistant", partial=True).first()
@@ -214,13 +216,7 @@ async def test_streamed_text_is_saved_while_it_streams_and_the_lease_renewed(use
 async def test_a_run_whose_lease_another_process_ended_stops_and_fails(user, settings):
     settings.AGENTAPP = {"RUN_LEASE_SECONDS": 0.4, "PARTIAL_SAVE_SECONDS": 0.1}
     conversation = await Conversation.objects.acreate(owner=user)
-    frames: list[dict[str, Any]] = []
-
-    async def emit(frame: dict[str, Any]) -> None:
-        frames.append(frame)
-
-    run = AgentRun(paced_agent(50), "Stream 400 tokens", str(conversation.pk), emit, user_id=user.pk)
-    task = asyncio.create_task(run.execute(time_limit=60))
+    run, frames, task = start(paced_agent(50), conversation, "Stream 400 tokens")
     await wait_for(lambda: Run.objects.filter(pk=run.run_id).exists())
     await Run.objects.filter(pk=run.run_id).aupdate(status=Run.Status.INTERRUPTED)
 

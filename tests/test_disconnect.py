@@ -45,3 +45,31 @@ async def test_a_run_that_does_not_end_does_not_hold_the_cleanup(settings, monke
     finally:
         release.set()
         await asyncio.wait_for(asyncio.gather(*consumers.process_runs), 10)
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_connection_the_server_kills_mid_cleanup_still_leaves_its_group(settings, monkeypatch, user) -> None:
+    """Daphne kills an application still running after its close timeout: the last cleanup leaves the group anyway."""
+    settings.AGENTAPP = {**settings.AGENTAPP, "DISCONNECT_TIMEOUT_SECONDS": 30}
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def stuck(self: Any, time_limit: float) -> str:
+        started.set()
+        await release.wait()
+        return "cancelled"
+
+    monkeypatch.setattr(consumers.AgentRun, "execute", stuck)
+    client = Client(user=user)
+    conversation_id = (await client.hello())["conversation_id"]
+    await client.prompt("Calculate 2+2")
+    await asyncio.wait_for(started.wait(), 10)
+    layer = get_channel_layer()
+    try:
+        # The communicator kills the application 0.5 s into a cleanup that would wait 30 s for the stuck run.
+        await client.communicator.disconnect(timeout=0.5)
+        assert conversation_id not in presence.views
+        assert not layer.groups.get(group_name(conversation_id))
+    finally:
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*consumers.process_runs), 10)
