@@ -187,6 +187,15 @@ def open_with_role(user: Any, session_key: str | None, conversation_id: Any | No
     return Opened(conversation, role)
 
 
+def open_stored(user: Any, session_key: str | None, conversation_id: Any) -> Conversation | Denied:
+    """Like ``open_conversation`` for reading and deleting: a fresh id that has no row yet is ``not_found``, and
+    nothing is stored (a read never creates a conversation, nor brings a deleted one back)."""
+    opened = open_with_role(user, session_key, conversation_id)
+    if isinstance(opened, Denied):
+        return opened
+    return opened.conversation if is_stored(opened.conversation) else NOT_FOUND
+
+
 def open_conversation(user: Any, session_key: str | None, conversation_id: Any | None) -> Conversation | Denied:
     """Like ``open_with_role``, for HTTP callers that need only the conversation: a fresh one is stored (or refused
     with ``TOO_MANY_CONVERSATIONS``)."""

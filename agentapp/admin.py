@@ -13,7 +13,8 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from .models import AgentState, Conversation, ConversationMember, Message, Run, ToolResult
+from . import admin_usage  # noqa: F401  (registers the usage page)
+from .models import AgentState, Conversation, ConversationMember, Feedback, Message, Quota, Run, ToolResult
 
 # Titles longer than this are cut in change lists (the full title shows on hover), so the other columns stay in view.
 LIST_TITLE_CHARS = 60
@@ -274,14 +275,18 @@ class RunAdmin(ConversationColumn, ReadOnlyAdmin):
         "status",
         "pending_approval",
         "stop_reason",
+        "model_id",
         "input_tokens",
         "output_tokens",
+        "cache_read_input_tokens",
+        "cache_write_input_tokens",
         "total_tokens",
+        "cost",
         "latency_ms",
         "started_at",
         "finished_at",
     )
-    list_filter = ("status", "started_at")
+    list_filter = ("status", "model_id", "started_at")
     search_fields = ("prompt",)
     list_select_related = ("conversation",)
 
@@ -320,3 +325,50 @@ class AgentStateAdmin(ConversationColumn, ReadOnlyAdmin):
     list_display = ("agent_id", "conversation_title", "updated_at")
     search_fields = ("agent_id",)
     list_select_related = ("conversation",)
+
+
+### Quotas and feedback ###
+
+
+@admin.register(Quota)
+class QuotaAdmin(admin.ModelAdmin):
+    """Token and cost budgets per user or group and period (agentapp.quotas); staff add, change and delete them."""
+
+    list_display = ("__str__", "user", "group", "period", "max_tokens", "max_cost", "created_at")
+    list_filter = ("period", "group")
+    search_fields = ("user__username", "group__name")
+    list_select_related = ("user", "group")
+    raw_id_fields = ("user",)
+    fields = ("user", "group", "period", "max_tokens", "max_cost")
+
+
+class UserOrAnonymous:
+    """A change list column with the row's user, or "anonymous"."""
+
+    @admin.display(description="User", ordering="user__username", empty_value="anonymous")
+    def user_name(self, obj: Any) -> Any:
+        return obj.user
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(UserOrAnonymous, ConversationColumn, ReadOnlyAdmin):
+    """Thumbs up and down on assistant messages, filterable by rating, date and model; newest first."""
+
+    ordering = ("-updated_at",)
+    list_display = ("rating", "comment_display", "user_name", "conversation_title", "position", "updated_at")
+    list_filter = ("rating", "updated_at", "message__run__model_id")
+    search_fields = ("comment", "user__username", "conversation__title")
+    list_select_related = ("user", "conversation", "message")
+    fields = readonly_fields = ("conversation", "message", "position", "user", "rating", "comment", "answer")
+
+    @admin.display(description="Comment", ordering="comment")
+    def comment_display(self, obj: Feedback) -> SafeString | str:
+        return truncated(obj.comment)
+
+    @admin.display(description="Message", ordering="message__position")
+    def position(self, obj: Feedback) -> int:
+        return obj.message.position
+
+    @admin.display(description="Answer")
+    def answer(self, obj: Feedback) -> SafeString:
+        return format_html_join("", "{}", ((render_block(block, {}),) for block in obj.message.content or []))

@@ -1,4 +1,4 @@
-"""The conversations JSON API: list, create, read and delete, with the same access rules as the WebSocket.
+"""The conversations JSON API: list, search, create, read, rename, export and delete, with the WebSocket's access rules.
 
 Session authentication and Django's CSRF protection apply as on any Django view; ``docs/api.md`` describes
 each endpoint for client authors. A conversation the caller may not open answers 404, so ids do not leak.
@@ -16,12 +16,23 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from . import params, protocol
-from .access import LOGIN_REQUIRED, TOO_MANY_CONVERSATIONS, Denied, is_authenticated, open_conversation
+from . import params, protocol, search, titles
+from .access import (
+    LOGIN_REQUIRED,
+    TOO_MANY_CONVERSATIONS,
+    Denied,
+    is_authenticated,
+    may_prompt,
+    open_conversation,
+    open_stored,
+    role_of,
+)
 from .conf import app_settings
+from .export import export_json, export_markdown
 from .history import wire_message
 from .models import Conversation, Message, Run, ToolResult
 from .recorder import run_in_progress
+from .storable import storable_text
 from .views import visible_conversations
 
 DEFAULT_LIMIT = 20
@@ -34,6 +45,7 @@ TITLE_MAX_CHARS = Conversation._meta.get_field("title").max_length
 ERR_INVALID_PARAMETER = params.ERR_INVALID_PARAMETER
 ERR_BODY_TOO_LARGE = "body_too_large"
 ERR_METHOD_NOT_ALLOWED = "method_not_allowed"
+ERR_INVALID_BODY = "invalid_body"
 
 ### Responses ###
 
@@ -171,6 +183,31 @@ def _page(request: HttpRequest) -> tuple[int, int] | JsonResponse:
     return min(limit, MAX_LIMIT), offset
 
 
+def _search_query(request: HttpRequest) -> str | JsonResponse:
+    """The ``q`` parameter: required, not blank, at most ``SEARCH_MAX_CHARS``, no NUL or lone surrogate."""
+    limit = app_settings.SEARCH_MAX_CHARS
+    try:
+        value = params.single(params.query(request), "q")
+    except params.ParameterError as refused:
+        return query_error(refused)
+    if value is None or not value.strip() or len(value) > limit or storable_text(value) != value:
+        return error(400, ERR_INVALID_PARAMETER, f"q must be a non-blank text of at most {limit} characters.")
+    return value.strip()
+
+
+def _new_title(request: HttpRequest) -> str | JsonResponse:
+    """The title of a ``PATCH`` body ``{"title": "..."}``, cleaned by ``titles.clean_title``."""
+    body = json_body(request, empty={})
+    if isinstance(body, JsonResponse):
+        return body
+    if not isinstance(body, dict) or set(body) != {"title"}:
+        return error(400, ERR_INVALID_BODY, 'Send the JSON object {"title": "..."}.')
+    try:
+        return titles.clean_title(body["title"])
+    except titles.TitleError as refused:
+        return error(400, refused.code, refused.message)
+
+
 def _title(request: HttpRequest) -> str | JsonResponse:
     body = json_body(request, empty={})
     if isinstance(body, JsonResponse):
@@ -180,7 +217,7 @@ def _title(request: HttpRequest) -> str | JsonResponse:
     title = body.get("title", "")
     if not isinstance(title, str) or len(title) > TITLE_MAX_CHARS:
         return error(400, ERR_INVALID_PARAMETER, f"title must be a string of at most {TITLE_MAX_CHARS} characters.")
-    return title.strip()
+    return titles.normalize(title)  # storable, as a rename's
 
 
 ### Views ###
@@ -226,18 +263,50 @@ def conversations(request: HttpRequest) -> HttpResponse:
 
 
 @ensure_csrf_cookie
-def conversation(request: HttpRequest, conversation_id: str) -> HttpResponse:
-    """``GET``: the conversation with its messages, tool results and runs. ``DELETE``: remove it (owner only)."""
+def search_conversations(request: HttpRequest) -> HttpResponse:
+    """``GET ?q=``: the caller's conversations and those shared with them whose title or messages match, paginated."""
     refused = login_required(request)
     if refused is not None:
         return refused
-    if request.method not in ("GET", "DELETE"):
-        return method_not_allowed(["GET", "DELETE"])
-    opened = open_conversation(request.user, session_key(request), conversation_id)
+    if request.method != "GET":
+        return method_not_allowed(["GET"])
+    query = _search_query(request)
+    if isinstance(query, JsonResponse):
+        return query
+    page = _page(request)
+    if isinstance(page, JsonResponse):
+        return page
+    limit, offset = page
+    found = search.search(search.searchable_conversations(request.user, session_key(request)), query)
+    found = found.annotate(run_count=Count("runs")).order_by("-updated_at", "-created_at", "-pk")
+    return JsonResponse(
+        {
+            "conversations": [conversation_summary(row, row.run_count) for row in found[offset : offset + limit]],
+            "count": found.count(),
+            "limit": limit,
+            "offset": offset,
+            "q": query,
+        }
+    )
+
+
+@ensure_csrf_cookie
+def conversation(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    """``GET``: the conversation with its messages, tool results and runs. ``PATCH``: rename it (owner and members).
+    ``DELETE``: remove it (owner only)."""
+    refused = login_required(request)
+    if refused is not None:
+        return refused
+    if request.method not in ("GET", "PATCH", "DELETE"):
+        return method_not_allowed(["GET", "PATCH", "DELETE"])
+    opening = open_conversation if request.method == "PATCH" else open_stored  # only a rename stores a fresh one
+    opened = opening(request.user, session_key(request), conversation_id)
     if isinstance(opened, Denied):
         return denied(opened)
     if request.method == "GET":
         return JsonResponse(conversation_detail(opened))
+    if request.method == "PATCH":
+        return _rename(request, opened)
     if not owns(opened, request):
         return error(403, protocol.ERR_FORBIDDEN, "Only the owner may delete a conversation.")
     with transaction.atomic():
@@ -247,3 +316,34 @@ def conversation(request: HttpRequest, conversation_id: str) -> HttpResponse:
             return error(409, protocol.ERR_BUSY, "A run is in progress; cancel it or wait for it to finish.")
         opened.delete()
     return HttpResponse(status=204)
+
+
+def _rename(request: HttpRequest, opened: Conversation) -> JsonResponse:
+    """Rename the conversation (its owner or a member; a viewer gets 403) and tell its open pages."""
+    if not may_prompt(role_of(opened, request.user, session_key(request))):
+        return error(403, protocol.ERR_FORBIDDEN, "Only the owner or a member may rename a conversation.")
+    title = _new_title(request)
+    if isinstance(title, JsonResponse):
+        return title
+    titles.rename(opened, title)
+    return JsonResponse(conversation_summary(opened, Run.objects.filter(conversation=opened).count()))
+
+
+@ensure_csrf_cookie
+def export(request: HttpRequest, conversation_id: str, kind: str) -> HttpResponse:
+    """``GET``: the conversation as a JSON (``kind`` "json") or Markdown ("md") download, for anyone who may open it."""
+    refused = login_required(request)
+    if refused is not None:
+        return refused
+    if request.method != "GET":
+        return method_not_allowed(["GET"])
+    opened = open_stored(request.user, session_key(request), conversation_id)
+    if isinstance(opened, Denied):
+        return denied(opened)
+    detail = conversation_detail(opened)
+    if kind == "json":
+        response: HttpResponse = JsonResponse(export_json(detail), json_dumps_params={"ensure_ascii": False})
+    else:
+        response = HttpResponse(export_markdown(detail), content_type="text/markdown; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="conversation-{opened.pk}.{kind}"'
+    return response

@@ -35,6 +35,7 @@ CANCEL_MESSAGE_TYPE = "agentapp.cancel"  # to the group: stop the conversation's
 SYNC_MESSAGE_TYPE = "agentapp.sync"  # to the origin or the group: send me a run's frames after ``after``
 REPLAY_MESSAGE_TYPE = "agentapp.replay"  # to one channel: a chunk of the frames asked for
 ACCESS_MESSAGE_TYPE = "agentapp.access"  # to the group: a user's role changed (None: removed)
+DELETED_MESSAGE_TYPE = "agentapp.deleted"  # to the group: the conversation was deleted
 PRESENCE_MESSAGE_TYPE = "agentapp.presence"  # to the group or one channel: a connection joined, is here, left
 REJOINED_MESSAGE_TYPE = "agentapp.rejoined"  # never sent: a consumer tells itself it is back in its group
 

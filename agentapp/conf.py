@@ -98,6 +98,18 @@ DEFAULTS: dict[str, Any] = {
     "CLIENT_FRAMES_PER_SECOND": 5,
     # Longest time the cleanup of a closed socket may take (presence, the run's save, leaving the group).
     "DISCONNECT_TIMEOUT_SECONDS": 5.0,
+    # Prices per million tokens by model id: {"model-id": {"input": 3, "output": 15, "cache_read": 0.3,
+    # "cache_write": 3.75}} (any kind left out costs 0); a run's cost is stored at its end (see docs/usage.md).
+    "PRICING": {},
+    # Longest comment a feedback may carry, in characters.
+    "FEEDBACK_COMMENT_MAX_CHARS": 2000,
+    # Dotted path of ``callable(conversation, first_prompt, first_answer) -> str`` titling a conversation after its
+    # first answer, outside the run (e.g. "agentapp.titles.offline_title"); None: the first prompt's start.
+    "TITLE_GENERATOR": None,
+    # PostgreSQL text search configuration of conversation search ("simple": no stemming, no stop words).
+    "SEARCH_CONFIG": "simple",
+    # Longest search query (the API's ``q``), in characters.
+    "SEARCH_MAX_CHARS": 200,
 }
 
 

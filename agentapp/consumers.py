@@ -21,8 +21,19 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import leases, preparing, protocol, runlog
-from .access import OWNER, Denied, is_authenticated, is_stored, may_prompt, open_with_role, store_new
+from . import leases, preparing, protocol, runlog, titles
+from .access import (
+    FORBIDDEN,
+    NOT_FOUND,
+    OWNER,
+    Denied,
+    is_authenticated,
+    is_stored,
+    may_prompt,
+    open_with_role,
+    role_of,
+    store_new,
+)
 from .approvals import StaleApprovalState
 from .broadcast import (
     CANCEL_MESSAGE_TYPE,
@@ -39,10 +50,12 @@ from .broadcast import (
     watch_receive_cleaners,
 )
 from .conf import app_settings
+from .feedback import listing as feedback_listing
+from .feedback import on_frame as on_feedback_frame
 from .outbox import Outbox, write_flow
 from .pacing import CLOSE_TOO_MANY_FRAMES, ERR_TOO_MANY_FRAMES, FramePace, Verdict
 from .presence import Presence, wants_presence
-from .recorder import AgentUnavailable, ConversationBusy, cancel_approval, pending_approval
+from .recorder import AgentUnavailable, ConversationBusy, QuotaExceeded, cancel_approval, pending_approval
 from .runner import AgentRun
 
 logger = logging.getLogger(__name__)
@@ -68,6 +81,26 @@ async def _until(deadline: float, step: Awaitable[Any], what: str) -> None:
             await step
     except TimeoutError:
         logger.warning("agentapp: %s took too long when a socket closed; cleanup goes on without it", what)
+
+
+def _first_position(history: list[dict[str, Any]]) -> int:
+    """The position of the first message the conversation frame carries (feedback before it is left out)."""
+    return history[0]["position"] if history else 0
+
+
+def _opening(
+    conversation: Any, user: Any, session_key: str | None, ended: list[str]
+) -> tuple[str, list, Any, Any, list] | None:
+    """What a connection reads once it joined its conversation's group, in one database hop: the role again (a
+    change made before the join was announced to a group this connection was not in yet), the history, the run in
+    progress, the wait for approval and the feedback; None when it may no longer open the conversation at all. Runs
+    whose process died are ended on the way, their ids added to ``ended``."""
+    role = role_of(conversation, user, session_key)
+    if role is None or not type(conversation).objects.filter(pk=conversation.pk).exists():
+        return None
+    history, active = runlog.snapshot(conversation.pk, app_settings.HISTORY_FRAME_MESSAGES, ended)
+    pending = pending_approval(conversation.pk)
+    return role, history, active, pending, feedback_listing(conversation.pk, _first_position(history))
 
 
 @dataclass(frozen=True)
@@ -186,12 +219,18 @@ class AgentConsumer(AsyncWebsocketConsumer):
             # Join before reading the history: a frame sent after the read is then sure to arrive.
             await layer_call(self.channel_layer.group_add(self.group, self.channel_name), "group_add")
         history: list[dict[str, Any]] = []
-        active, pending = None, None
+        active, pending, feedback = None, None, []
+        ended: list[str] = []  # runs whose process died, ended by this connection: the others are told after hello
         if is_stored(self.conversation):  # a fresh conversation has no row yet, so nothing to read
-            history, active = await database_sync_to_async(runlog.snapshot)(
-                self.conversation_id, app_settings.HISTORY_FRAME_MESSAGES
-            )
-            pending = await database_sync_to_async(pending_approval)(self.conversation_id)
+            opening = await database_sync_to_async(_opening)(self.conversation, self.user, session_key, ended)
+            if opening is None:
+                # Removed (or the conversation deleted) between the access check and joining the group: the
+                # announcement of it went out before this connection listened, so it is applied here.
+                await self.send_frame(protocol.error_frame(None, FORBIDDEN.code, FORBIDDEN.message))
+                await self.close(code=FORBIDDEN.close_code)
+                self.role = None  # nothing more is forwarded; disconnect leaves the group
+                return
+            self.role, history, active, pending, feedback = opening
         hello = {
             "type": protocol.CONVERSATION,
             "conversation_id": self.conversation_id,
@@ -200,6 +239,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             "messages": history,
             "active_run": active,
             "pending_approval": {"run_id": pending["run_id"], "interrupts": pending["interrupts"]} if pending else None,
+            "feedback": feedback,
         }
         active_id = active["run_id"] if active else None
         self.follower = Follower(settled={m["run_id"] for m in history if m["run_id"] and m["run_id"] != active_id})
@@ -220,6 +260,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.presence.start()
         if active_id is None or self.channel_layer is None:
             await self._deliver([hello, *refused])
+            for run_id in ended:
+                await self._announce_dead(run_id)
             if resume is not None:
                 await self.resume_run(*resume)
             return
@@ -356,7 +398,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.resume_run(frame.run_id, frame.seq)
         elif not may_prompt(self.role):
             await self.send_error(
-                protocol.ERR_READ_ONLY, "You may watch this conversation, not prompt, cancel or answer approvals."
+                protocol.ERR_READ_ONLY,
+                "You may watch this conversation, not prompt, cancel, answer approvals or give feedback.",
             )
         elif frame.type == protocol.CLIENT_PROMPT:
             await self.start_run(frame.prompt)
@@ -364,6 +407,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.request_cancel()
         elif frame.type == protocol.CLIENT_INTERRUPT_RESPONSE:
             await self.answer_interrupts(frame.responses or {})
+        elif frame.type == protocol.CLIENT_FEEDBACK:
+            await on_feedback_frame(self, frame)
 
     async def _refuse_frame(self, verdict: Verdict) -> None:
         if verdict is Verdict.REFUSE:
@@ -565,6 +610,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             responses=resume["responses"] if resume else None,
             runs_per_minute=app_settings.RUNS_PER_USER_PER_MINUTE,
             prepare=lambda: preparing.give_history(agent, self.conversation_id, resume["state"] if resume else None),
+            announce_dead=self._announce_dead,
         )
         if self.channel_layer is not None:
             # The log exists before the run's row does, so a connection that sees the row can get a replay.
@@ -583,7 +629,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
             run.cancel()
         started = True
         try:
-            await run.execute(time_limit=app_settings.RUN_TIME_LIMIT_SECONDS)
+            titles.after_run(self.conversation_id, run.run_id, await run.execute(app_settings.RUN_TIME_LIMIT_SECONDS))
+        except QuotaExceeded as spent:
+            started, self.running = False, False
+            await self.send_frame(
+                {**protocol.error_frame(self.conversation_id, spent.code, spent.message), "resets_at": spent.resets_at}
+            )
         except ConversationBusy as busy:
             started = False
             self.running = False
@@ -642,10 +693,19 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if message.get("origin") != self.channel_name:
             await self._deliver([message["frame"]])
 
+    async def agentapp_feedback(self, message: dict[str, Any]) -> None:
+        """Feedback was given, changed or taken back on another connection or through the API."""
+        if message.get("origin") != self.channel_name:
+            await self._deliver([message["frame"]])
+
     async def agentapp_presence(self, message: dict[str, Any]) -> None:
         """Another connection to the conversation joined, is still here, or left."""
         if self.presence is not None:
             await self.presence.receive(message)
+
+    async def agentapp_title(self, message: dict[str, Any]) -> None:
+        """The conversation was renamed (the API, or the title generator after its first answer)."""
+        await self.send_frame(message["frame"])
 
     async def agentapp_access(self, message: dict[str, Any]) -> None:
         """The owner changed a user's role; this connection follows if it is that user's."""
@@ -655,6 +715,18 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if self.role is None:
             await self.send_error(protocol.ERR_FORBIDDEN, "The conversation is no longer shared with you.")
             await self.close(code=protocol.CLOSE_FORBIDDEN)
+
+    async def agentapp_deleted(self, message: dict[str, Any]) -> None:
+        """The conversation was deleted: nothing more can be read or stored in it."""
+        if self.role is None:
+            return
+        self.role = None
+        if self.active_run is not None:
+            self.active_run.cancel()
+        await self.send_frame(
+            protocol.error_frame(self.conversation_id, NOT_FOUND.code, "The conversation was deleted.")
+        )
+        await self.close(code=NOT_FOUND.close_code)
 
     ### Replays of runs in progress ###
 

@@ -205,7 +205,7 @@ def _serve(requests: Connection, replies: Connection) -> None:
     while True:
         try:
             target, args = requests.recv()
-        except EOFError:
+        except (EOFError, OSError):
             return
         try:
             reply: tuple[bool, Any] = (True, _resolve(target)(*args))
@@ -213,8 +213,13 @@ def _serve(requests: Connection, replies: Connection) -> None:
             reply = (False, exc)
         try:
             replies.send(reply)
+        except OSError:
+            return  # the server is gone (killed mid-call): nobody waits for the answer
         except Exception as exc:
-            replies.send((False, WorkerFailed(f"the result could not be sent back: {type(exc).__name__}: {exc}")))
+            try:
+                replies.send((False, WorkerFailed(f"the result could not be sent back: {type(exc).__name__}: {exc}")))
+            except OSError:
+                return
 
 
 if __name__ == "__main__":

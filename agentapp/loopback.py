@@ -7,6 +7,7 @@ and broadcast stay the WebSocket path's own.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -40,7 +41,9 @@ class LoopbackSocket:
     def open(self) -> None:
         """Start the application and ask it to accept the connection."""
         self._incoming.put_nowait({"type": "websocket.connect"})
-        self._task = asyncio.create_task(self._serve(), name="agentapp-loopback")
+        # A context of its own: outside the HTTP request's thread-sensitive context, the consumer's database calls
+        # go to the thread every WebSocket shares, not to a thread (and a database connection) held per stream.
+        self._task = asyncio.create_task(self._serve(), name="agentapp-loopback", context=contextvars.Context())
 
     async def _serve(self) -> None:
         try:

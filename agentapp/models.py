@@ -51,9 +51,15 @@ class Run(models.Model):
     prompt = models.TextField()
     status = models.CharField(max_length=32, choices=Status.choices, default=Status.RUNNING)
     stop_reason = models.CharField(max_length=64, blank=True, default="")
+    # The model's id (its Strands config ``model_id``) and every token kind it reported (agentapp.usage).
+    model_id = models.CharField(max_length=200, blank=True, default="", db_index=True)
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
     total_tokens = models.PositiveIntegerField(default=0)
+    cache_read_input_tokens = models.PositiveIntegerField(default=0)
+    cache_write_input_tokens = models.PositiveIntegerField(default=0)
+    # What the tokens cost by the ``PRICING`` setting at the run's end; None when the model has no price there.
+    cost = models.DecimalField(max_digits=16, decimal_places=8, null=True, blank=True)
     usage = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -77,6 +83,7 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["conversation", "started_at"], name="agentapp_run_conv_started"),
             models.Index(fields=["status"], name="agentapp_run_status"),
+            models.Index(fields=["user", "started_at"], name="agentapp_run_user_started"),
         ]
 
     def __str__(self) -> str:
@@ -189,6 +196,110 @@ class ConversationMember(models.Model):
             raise ValidationError({"conversation": "Anonymous conversations cannot be shared."})
         if conversation.owner_id == self.user_id:
             raise ValidationError({"user": "The owner already has every right to the conversation."})
+
+
+class UsageReport(Run):
+    """Runs seen as usage: the admin's usage page (tokens and cost per day, model and user) lists this proxy."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "usage"
+        verbose_name_plural = "usage"
+
+
+class Quota(models.Model):
+    """A token and/or cost budget per period for one user, or for each member of a group (agentapp.quotas)."""
+
+    class Period(models.TextChoices):
+        DAY = "day"
+        WEEK = "week"
+        MONTH = "month"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="agent_quotas"
+    )
+    group = models.ForeignKey(
+        "auth.Group", null=True, blank=True, on_delete=models.CASCADE, related_name="agent_quotas"
+    )
+    period = models.CharField(max_length=8, choices=Period.choices, default=Period.DAY)
+    max_tokens = models.PositiveBigIntegerField(null=True, blank=True, help_text="Total tokens per period; empty: any.")
+    max_cost = models.DecimalField(
+        max_digits=16, decimal_places=8, null=True, blank=True, help_text="Cost per period (PRICING units); empty: any."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["user", "group", "period"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(user__isnull=False, group__isnull=True)
+                | models.Q(user__isnull=True, group__isnull=False),
+                name="agentapp_quota_user_xor_group",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_tokens__isnull=False) | models.Q(max_cost__isnull=False),
+                name="agentapp_quota_has_a_limit",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        limits = [
+            f"{self.max_tokens} tokens" if self.max_tokens is not None else "",
+            f"cost {self.max_cost}" if self.max_cost is not None else "",
+        ]
+        return f"{self.user or self.group} per {self.period}: {', '.join(limit for limit in limits if limit)}"
+
+    def clean(self) -> None:
+        """A quota names a user or a group (not both) and sets at least one limit."""
+        if (self.user_id is None) == (self.group_id is None):
+            raise ValidationError("Choose a user or a group, not both.")
+        if self.max_tokens is None and self.max_cost is None:
+            raise ValidationError("Set a token limit, a cost limit or both.")
+
+
+class Feedback(models.Model):
+    """A user's thumbs up or down, with an optional comment, on one assistant message (one per user per message)."""
+
+    class Rating(models.TextChoices):
+        UP = "up"
+        DOWN = "down"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="feedback")
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="feedback")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="agent_feedback"
+    )
+    # The anonymous owner's session (demo mode), when there is no user.
+    session_key = models.CharField(max_length=64, blank=True, default="")
+    rating = models.CharField(max_length=8, choices=Rating.choices)
+    comment = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["message", "user"], condition=models.Q(user__isnull=False), name="agentapp_feedback_user_unique"
+            ),
+            models.UniqueConstraint(
+                fields=["message", "session_key"],
+                condition=models.Q(user__isnull=True),
+                name="agentapp_feedback_session_unique",
+            ),
+        ]
+        indexes = [models.Index(fields=["rating", "-updated_at"], name="agentapp_feedback_rating")]
+
+    def __str__(self) -> str:
+        return f"{self.rating} on #{self.message.position} by {self.user or 'anonymous'}"
+
+
+@receiver(post_delete, sender=Conversation)
+def _conversation_deleted(sender: type, instance: Conversation, **kwargs: Any) -> None:
+    # Its live connections are closed with not_found (see agentapp.sharing), whoever deleted it (API, admin, code).
+    from .sharing import announce_deleted
+
+    announce_deleted(instance.pk)
 
 
 @receiver(post_save, sender=ConversationMember)

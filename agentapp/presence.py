@@ -11,6 +11,7 @@ frame on every change of the total.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 import uuid
@@ -33,6 +34,9 @@ ANSWERED_QUERIES_KEPT = 1000
 
 # This process, as other processes know it.
 PROCESS_ID = uuid.uuid4().hex
+# Numbers this process's counts in the order it took them: a count that arrives after a newer one is stale (each
+# connection's leave is sent on its own, so a burst of them may cross on the way).
+_COUNT_NUMBERS = itertools.count()
 
 
 def wants_presence(scope: dict[str, Any]) -> bool:
@@ -50,6 +54,7 @@ class ConversationView:
         self.group = group
         self.local: dict[str, Presence] = {}  # channel name -> connection
         self.remote: dict[str, tuple[int, float]] = {}  # process id -> (count, monotonic time heard)
+        self.numbers: dict[str, int] = {}  # process id -> number of the newest count heard from it
         self.answered: OrderedDict[str, None] = OrderedDict()
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -72,6 +77,7 @@ class ConversationView:
             "event": COUNT,
             "process": PROCESS_ID,
             "count": len(self.local),
+            "number": next(_COUNT_NUMBERS),
         }
         await layer_call(self.layer.group_send(self.group, message), "group_send")
         if query and self.local:
@@ -95,6 +101,11 @@ class ConversationView:
         count = message.get("count")
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             return
+        number = message.get("number")
+        if isinstance(number, int) and not isinstance(number, bool):
+            if number <= self.numbers.get(process, -1):
+                return  # older than a count already heard from that process
+            self.numbers[process] = number
         if count == 0:
             self.remote.pop(process, None)
         else:
@@ -108,7 +119,13 @@ class ConversationView:
         self.answered[query_id] = None
         while len(self.answered) > ANSWERED_QUERIES_KEPT:
             self.answered.popitem(last=False)
-        answer = {"type": PRESENCE_MESSAGE_TYPE, "event": COUNT, "process": PROCESS_ID, "count": len(self.local)}
+        answer = {
+            "type": PRESENCE_MESSAGE_TYPE,
+            "event": COUNT,
+            "process": PROCESS_ID,
+            "count": len(self.local),
+            "number": next(_COUNT_NUMBERS),
+        }
         await layer_call(self.layer.send(reply_to, answer), "send")
 
     def start_heartbeat(self) -> None:

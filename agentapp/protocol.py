@@ -14,6 +14,7 @@ import datetime
 import decimal
 import json
 import math
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -46,18 +47,22 @@ INTERRUPT = "interrupt"
 INTERRUPT_RESOLVED = "interrupt_resolved"
 # How many connections are open on the conversation (outside any run; only to clients that ask for it).
 PRESENCE = "presence"
+# A user's thumbs up or down on an assistant message, given or changed (outside any run; to every connection).
+FEEDBACK = "feedback"
 
 # Client frames.
 CLIENT_PROMPT = "prompt"
 CLIENT_CANCEL = "cancel"
 CLIENT_INTERRUPT_RESPONSE = "interrupt_response"
 CLIENT_RESUME = "resume"
-CLIENT_FRAME_TYPES = (CLIENT_PROMPT, CLIENT_CANCEL, CLIENT_INTERRUPT_RESPONSE, CLIENT_RESUME)
+CLIENT_FEEDBACK = "feedback"
+CLIENT_FRAME_TYPES = (CLIENT_PROMPT, CLIENT_CANCEL, CLIENT_INTERRUPT_RESPONSE, CLIENT_RESUME, CLIENT_FEEDBACK)
 
 # Error codes carried by ``error`` frames.
 ERR_INVALID_JSON = "invalid_json"
 # The JSON nests arrays and objects deeper than ``MAX_JSON_DEPTH``.
 ERR_TOO_DEEP = "too_deep"
+ERR_TOO_COMPLEX = "too_complex"
 ERR_BINARY_FRAME = "binary_not_supported"
 ERR_FRAME_TOO_LARGE = "frame_too_large"
 ERR_INVALID_FRAME = "invalid_frame"
@@ -83,6 +88,11 @@ ERR_INVALID_RESUME = "invalid_resume"
 ERR_RESUME_UNAVAILABLE = "resume_unavailable"
 ERR_RATE_LIMITED = "rate_limited"
 ERR_SERVER_BUSY = "server_busy"
+# The user spent a token or cost budget (agentapp.quotas); the frame also carries ``resets_at``.
+ERR_QUOTA_EXCEEDED = "quota_exceeded"
+# A feedback frame with a bad position, rating or comment; one naming no assistant message.
+ERR_INVALID_FEEDBACK = "invalid_feedback"
+ERR_UNKNOWN_MESSAGE = "unknown_message"
 
 # WebSocket close codes (application range 4000-4999).
 CLOSE_LOGIN_REQUIRED = 4401
@@ -102,6 +112,8 @@ DECISIONS = ("approve", "deny")
 MAX_DECISION_TEXT_CHARS = 4000
 # Most interrupts one ``interrupt_response`` may answer.
 MAX_RESPONSES = 100
+# Ratings a ``feedback`` frame may carry (null takes the user's feedback back).
+RATINGS = ("up", "down")
 
 ### JSON safety ###
 
@@ -333,8 +345,33 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
+# Arrays, objects and values (counted by their separators) client JSON may hold: a frame has a few dozen at most.
+MAX_JSON_ITEMS = 1000
+# A JSON string, or an unterminated one up to the end: possessive, so the text is read once, left to right.
+_JSON_STRING_RE = re.compile(r'"(?:[^"\\]++|\\.)*+"?')
+
+
+def _structure(text: str) -> tuple[int, str]:
+    """How many arrays, objects and separators JSON text holds, and the text it counted them in.
+
+    Strings are taken out (in one linear pass) only when the raw count is over ``MAX_JSON_ITEMS``.
+    """
+    count = text.count("[") + text.count("{") + text.count(",")
+    if count > MAX_JSON_ITEMS:
+        text = _JSON_STRING_RE.sub("", text)
+        count = text.count("[") + text.count("{") + text.count(",")
+    return count, text
+
+
+def _too_big(structure: str, depth_limit: int) -> ProtocolError:
+    """The refusal of JSON over ``MAX_JSON_ITEMS``: ``too_deep`` when it opens more levels in a row than allowed."""
+    if re.search(rf"(?:[\[{{][\s:]*+){{{depth_limit + 1}}}", structure):
+        return ProtocolError(ERR_TOO_DEEP, f"JSON may nest arrays and objects at most {depth_limit} levels deep.")
+    return ProtocolError(ERR_TOO_COMPLEX, f"JSON may hold at most {MAX_JSON_ITEMS} arrays, objects and values.")
+
+
 def decode_json(data: str | bytes, max_depth: int | None = None) -> Any:
-    """Parse JSON a client sent, raising ProtocolError ``invalid_json`` or ``too_deep`` and nothing else.
+    """Parse JSON a client sent, raising ProtocolError ``invalid_json``, ``too_deep`` or ``too_complex`` only.
 
     Bytes must be UTF-8; NaN, Infinity, non-finite and over-long numbers are refused; ``max_depth`` defaults to
     the ``MAX_JSON_DEPTH`` setting.
@@ -343,6 +380,10 @@ def decode_json(data: str | bytes, max_depth: int | None = None) -> Any:
     too_deep = ProtocolError(ERR_TOO_DEEP, f"JSON may nest arrays and objects at most {limit} levels deep.")
     try:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+        count, structure = _structure(text)
+        if count > MAX_JSON_ITEMS:
+            # Counted before parsing: thousands of tiny arrays cost tens of milliseconds to build and walk.
+            raise _too_big(structure, limit) from None
         value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
     except RecursionError:  # the C scanner recurses per level: far deeper than any limit
         raise too_deep from None
@@ -366,6 +407,10 @@ class ClientFrame:
     # resume: the run and the last seq the client saw of it (-1 for none).
     run_id: str = ""
     seq: int = -1
+    # feedback: the assistant message's position, "up", "down" or None (taken back), and a comment.
+    position: int = -1
+    rating: str | None = None
+    comment: str = ""
 
 
 def parse_client_frame(
@@ -401,7 +446,26 @@ def parse_client_frame(
     if frame_type == CLIENT_RESUME:
         run_id, seq = parse_resume(content.get("run_id"), content.get("seq"))
         return ClientFrame(CLIENT_RESUME, run_id=run_id, seq=seq)
+    if frame_type == CLIENT_FEEDBACK:
+        position, rating, comment = parse_feedback(content, app_settings.FEEDBACK_COMMENT_MAX_CHARS)
+        return ClientFrame(CLIENT_FEEDBACK, position=position, rating=rating, comment=comment)
     return ClientFrame(frame_type)
+
+
+def parse_feedback(content: Mapping[str, Any], max_comment_chars: int) -> tuple[int, str | None, str]:
+    """Validate ``{"position", "rating": "up" | "down" | null, "comment"?}``; ProtocolError ``invalid_feedback``."""
+    position, rating, comment = content.get("position"), content.get("rating"), content.get("comment", "")
+    if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < 2**31:
+        raise ProtocolError(ERR_INVALID_FEEDBACK, "Feedback needs the 'position' of an assistant message.")
+    if rating is not None and rating not in RATINGS:
+        raise ProtocolError(ERR_INVALID_FEEDBACK, "'rating' must be 'up', 'down' or null (to take it back).")
+    if comment is None:
+        comment = ""
+    if not isinstance(comment, str) or len(comment) > max_comment_chars:
+        raise ProtocolError(
+            ERR_INVALID_FEEDBACK, f"'comment' must be a string of at most {max_comment_chars} characters."
+        )
+    return position, rating, comment.strip()
 
 
 def parse_resume(run_id: Any, seq: Any) -> tuple[str, int]:

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from . import leases
+from . import leases, quotas, usage
 from .conf import app_settings
 from .history import INTERRUPTED_TOOL_TEXT, UNANSWERED_NOTE, asks, error_results_for, orphan_tool_uses
 from .models import Conversation, Message, Run
@@ -55,6 +55,17 @@ class RateLimited(ConversationBusy):
     code = "rate_limited"
 
 
+class QuotaExceeded(ConversationBusy):
+    """The user spent a token or cost budget of theirs (agentapp.quotas); ``message`` and ``resets_at`` say more."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, resets_at: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.resets_at = resets_at
+
+
 class AgentUnavailable(Exception):
     """The agent could not be made ready for a run (its factory or its history failed); ``__cause__`` says why."""
 
@@ -82,8 +93,8 @@ def create_run(
     Raises ConversationBusy while another run is in progress; a running run whose lease lapsed died with its
     process and is ended first (``leases.end_dead_runs``). While a run awaits approval, only its resume
     (``resume_of``, answered with ``decisions``) may start: a prompt raises AwaitingApproval, a resume of anything
-    else NoPendingApproval. A user past ``runs_per_minute`` prompts (0: no limit) gets RateLimited. The ids of
-    dead runs ended on the way are added to ``ended``.
+    else NoPendingApproval. A user past ``runs_per_minute`` prompts (0: no limit) gets RateLimited, and one who spent a
+    budget of theirs (agentapp.quotas) QuotaExceeded. The ids of dead runs ended on the way are added to ``ended``.
     """
     with transaction.atomic():
         titles = Conversation.objects.select_for_update().filter(pk=conversation_id).values_list("title", flat=True)
@@ -114,6 +125,10 @@ def create_run(
             since = timezone.now() - timedelta(seconds=RATE_WINDOW_SECONDS)
             if Run.objects.filter(user_id=user_id, started_at__gte=since).count() >= runs_per_minute:
                 raise RateLimited(str(conversation_id))
+        if resume_of is None and user_id is not None:
+            spent = quotas.spent_budget(user_id)
+            if spent is not None:
+                raise QuotaExceeded(spent.message, spent.resets_at.isoformat())
         top = Message.objects.filter(conversation_id=conversation_id).aggregate(top=Max("position"))["top"]
         position = 0 if top is None else top + 1
         run = Run.objects.create(
@@ -126,7 +141,10 @@ def create_run(
         )
         if resume_of is not None:
             Run.objects.filter(pk=resume_of).update(
-                status=Run.Status.COMPLETED, decisions=dict(decisions or {}), interrupts=[], interrupt_state={}
+                status=Run.Status.COMPLETED,
+                decisions=storable(dict(decisions or {}))[0],  # the answers' text is the user's
+                interrupts=[],
+                interrupt_state={},
             )
             return position
         Message.objects.create(
@@ -200,17 +218,18 @@ def cancel_approval(conversation_id: Any, user_label: str) -> dict[str, Any] | N
 
 
 def finish_run(run_id: Any, conversation_id: Any, outcome: Mapping[str, Any]) -> None:
-    """Record the run's status, stop reason, usage and timing, and touch the conversation."""
-    usage, _ = storable(outcome.get("usage") or {})
+    """Record the run's status, stop reason, model, usage, cost and timing, and touch the conversation.
+
+    ``outcome["model_id"]`` names the model, whose ``PRICING`` turns the token counts into the cost.
+    """
+    reported, _ = storable(outcome.get("usage") or {})
     metrics, _ = storable(outcome.get("metrics") or {})
     # Only a run still running is finished here: one whose lease lapsed was ended by another process.
     Run.objects.filter(pk=run_id, status=Run.Status.RUNNING).update(
         status=outcome["status"],
         stop_reason=storable_text(outcome.get("stop_reason", ""))[:64],
-        input_tokens=int(usage.get("inputTokens", 0)),
-        output_tokens=int(usage.get("outputTokens", 0)),
-        total_tokens=int(usage.get("totalTokens", 0)),
-        usage=usage,
+        **usage.run_usage_fields(str(outcome.get("model_id") or ""), reported),
+        usage=reported,
         metrics=metrics,
         latency_ms=outcome.get("latency_ms"),
         error=storable_text(outcome.get("error", "")),
@@ -268,6 +287,8 @@ class RunRecorder:
         self._text_version = 0  # deltas noted so far
         self._saved_version = 0  # deltas saved in the draft row
         self._renewed_at = time.monotonic()
+        # Runs of the conversation whose process died, ended when this one was stored (to be announced).
+        self.ended_dead: list[str] = []
 
     async def start(self, prepare: Callable[[], Any] | None = None) -> Any:
         """Write the Run and its prompt, then start the writer task; return what ``prepare`` returned.
@@ -295,6 +316,7 @@ class RunRecorder:
             )
             if ended and prepare is not None:
                 prepared = prepare()  # the history it read still had the dead run's turn open
+            self.ended_dead = ended
             return prepared, position
 
         prepared, self._position = await database_sync_to_async(begin)()

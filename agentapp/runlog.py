@@ -153,16 +153,21 @@ def retire(run_id: str, keep_seconds: float) -> None:
 ### The database's view ###
 
 
-def snapshot(conversation_id: Any, limit: int) -> tuple[list[dict[str, Any]], dict | None]:
+def snapshot(
+    conversation_id: Any, limit: int, ended: list[str] | None = None
+) -> tuple[list[dict[str, Any]], dict | None]:
     """The last ``limit`` stored messages in wire form and the run in progress, read in one query so they agree.
 
-    A run still marked running whose lease lapsed died with its server: it is ended here (``leases``) and read again.
+    A run still marked running whose lease lapsed died with its server: it is ended here (``leases``), its id added
+    to ``ended`` (for the caller to announce), and the messages read again.
     """
     rows = _tail(conversation_id, limit)
     cutoff = leases.lapsed_before()
     running = [row for row in rows if row["run__status"] == Run.Status.RUNNING]
     if any(not leases.is_alive(row["run__heartbeat_at"], row["run__started_at"], cutoff) for row in running):
-        leases.end_dead_runs(conversation_id)
+        dead = leases.end_dead_runs(conversation_id)
+        if ended is not None:
+            ended.extend(dead)
         rows = _tail(conversation_id, limit)
     active = next(
         (

@@ -17,7 +17,7 @@ from typing import Any
 from strands import Agent
 from strands.types.exceptions import ContextWindowOverflowException, ModelThrottledException
 
-from . import approvals, protocol
+from . import approvals, protocol, tracing, usage
 from .history import prompt_input
 from .recorder import AgentUnavailable, ConversationBusy, RunRecorder
 from .storable import storable
@@ -67,6 +67,8 @@ class AgentRun:
     responses: dict[str, dict[str, str]] | None = None
     runs_per_minute: int = 0
     prepare: Callable[[], Agent] | None = None
+    # Told the id of each run whose process died and that this run's start ended (its watchers await its end).
+    announce_dead: Callable[[str], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         # Text a database cannot store (NUL, lone surrogates) is replaced before the model or anyone sees it.
@@ -115,6 +117,10 @@ class AgentRun:
             raise AgentUnavailable("The run could not be stored.") from exc
         if prepared is not None:
             self.agent = prepared
+        if self.announce_dead is not None:
+            for run_id in self.recorder.ended_dead:
+                await self.announce_dead(run_id)
+        tracing.tag_run(self.agent, self.conversation_id, self.run_id, self.user_id)  # spans name the run
         outcome: dict[str, Any] = {}
         timer = asyncio.get_running_loop().call_later(time_limit, self._time_out, time_limit)
         stream = None
@@ -202,6 +208,7 @@ class AgentRun:
                 logger.exception("agentapp: closing the stream of run %s failed", self.run_id)
         outcome["status"] = self.status
         outcome.setdefault("stop_reason", self.stop_reason)
+        outcome["model_id"] = usage.model_id_of(self.agent)  # priced by PRICING (agentapp.usage)
         error_frame = outcome.pop("error_frame", None)
         if error_frame is not None:
             await self._send({"type": protocol.ERROR, "code": error_frame[0], "message": error_frame[1]})

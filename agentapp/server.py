@@ -113,6 +113,36 @@ class TransportFlow:
             callback()
 
 
+class RequestFlow(TransportFlow):
+    """An HTTP response's write buffer, watched only while it streams (Server-Sent Events): ``attach`` registers the
+    flow as the request's producer, ``detach`` unregisters it before the response ends."""
+
+    def __init__(self, request: Any) -> None:
+        super().__init__(request.transport)
+        self.request = request
+        self.attached = False
+
+    def attach(self) -> None:
+        """Start watching: the stream's writes wait while the client does not read."""
+        if self.attached:
+            return
+        try:
+            self.request.registerProducer(self, True)
+        except Exception:
+            logger.warning("agentapp: no write backpressure for a stream on %r", self.transport, exc_info=True)
+            return
+        self.attached = True
+        _bound_unsent(self.transport, app_settings.SERVER_SEND_LOWAT_BYTES)
+
+    def detach(self) -> None:
+        """Stop watching (the request's channel takes no producer twice)."""
+        if self.attached:
+            self.attached = False
+            if getattr(self.request, "channel", None) is not None:  # None once the client hung up
+                self.request.unregisterProducer()
+        self.paused = False
+
+
 class AgentappServer(Server):
     """Daphne's server with agentapp's WebSocket message limit, a close frame past it, and the flow extension."""
 
@@ -124,7 +154,8 @@ class AgentappServer(Server):
         super().__init__(*args, **kwargs)
 
     def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
-        """Make the application instance of a connection; a WebSocket's gets its flow and fails with a close frame."""
+        """Make the application instance of a connection; a WebSocket's gets its flow and fails with a close frame,
+        an HTTP request's gets a flow its stream may attach."""
         if scope.get("type") == "websocket":
             # Past the size limits (or on a protocol error) autobahn sends a close frame (1009, 1002...) and waits
             # for the client's, instead of cutting the TCP connection: the client always learns why.
@@ -133,6 +164,9 @@ class AgentappServer(Server):
             flow = TransportFlow.attach(protocol.transport)
             if flow is not None:
                 scope = {**scope, "extensions": {**(scope.get("extensions") or {}), FLOW_EXTENSION: flow}}
+        elif scope.get("type") == "http":
+            # A stream (agentapp.sse) attaches it; other responses never register it.
+            scope = {**scope, "extensions": {**(scope.get("extensions") or {}), FLOW_EXTENSION: RequestFlow(protocol)}}
         return super().create_application(protocol, scope)
 
     async def handle_reply(self, protocol: Any, message: dict[str, Any]) -> None:

@@ -17,9 +17,10 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from .broadcast import ACCESS_MESSAGE_TYPE, group_name
+from .broadcast import ACCESS_MESSAGE_TYPE, DELETED_MESSAGE_TYPE, group_name
 from .conf import app_settings
 from .models import Conversation, ConversationMember
+from .storable import storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ def share(conversation: Conversation, username: str, role: str) -> tuple[Convers
     """Share with a user by username, or change their role; return the membership and whether it is new."""
     if role not in ROLES:
         raise SharingError("invalid_role", f"The role must be one of {list(ROLES)}.")
+    if storable_text(username) != username:  # NUL or a lone surrogate: no stored username has one
+        raise SharingError("unknown_user", "No user has this username.")
     user = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: username}).first()
     if user is None:
         raise SharingError("unknown_user", "No user has this username.")
@@ -91,11 +94,20 @@ def announce_role(conversation_id: Any, user_id: Any, role: str | None) -> None:
     transaction.on_commit(lambda: _send_role(str(conversation_id), user_id, role))
 
 
+def announce_deleted(conversation_id: Any) -> None:
+    """After the transaction commits, tell the conversation's connections that it is gone (they close, 4404)."""
+    message = {"type": DELETED_MESSAGE_TYPE}
+    transaction.on_commit(lambda: _send(str(conversation_id), message))
+
+
 def _send_role(conversation_id: str, user_id: Any, role: str | None) -> None:
+    _send(conversation_id, {"type": ACCESS_MESSAGE_TYPE, "user_id": user_id, "role": role})
+
+
+def _send(conversation_id: str, message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    message = {"type": ACCESS_MESSAGE_TYPE, "user_id": user_id, "role": role}
 
     async def send() -> None:
         async with asyncio.timeout(app_settings.BROADCAST_SEND_TIMEOUT_SECONDS):
@@ -105,4 +117,4 @@ def _send_role(conversation_id: str, user_id: Any, role: str | None) -> None:
         async_to_sync(send)()
     except Exception as exc:
         # The change is saved; connections opened from now on see it, open ones keep their role until they reconnect.
-        logger.warning("agentapp: could not tell connections of %s about a role change (%r)", conversation_id, exc)
+        logger.warning("agentapp: could not tell connections of %s about a change (%r)", conversation_id, exc)

@@ -8,13 +8,18 @@ answer it. See docs/sse.md.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
+from asgiref.sync import sync_to_async
 from django.core.exceptions import RequestDataTooBig
+from django.db import connections
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from . import params, protocol
@@ -23,6 +28,9 @@ from .api_conversations import error, query_error
 from .conf import app_settings
 from .consumers import AgentConsumer
 from .loopback import LoopbackSocket
+from .outbox import write_flow
+
+logger = logging.getLogger(__name__)
 
 # HTTP status of a refused connection, by the WebSocket close code the consumer used.
 HTTP_STATUS_OF_CLOSE = {
@@ -114,6 +122,11 @@ async def _connect(request: HttpRequest, conversation_id: Any, query: dict[str, 
     return None, error(HTTP_STATUS_OF_CLOSE.get(socket.close_code or 0, 400), code, message)
 
 
+async def _release_database() -> None:
+    """Close the database connection this request's thread opened (session, user): a stream may last for hours."""
+    await sync_to_async(connections.close_all)()
+
+
 def _stream_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
     response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
@@ -121,7 +134,49 @@ def _stream_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
     return response
 
 
-async def _events(socket: LoopbackSocket, hello: dict[str, Any], answer: AnswerFilter | None) -> AsyncIterator[bytes]:
+class _Drain:
+    """Waits, before each event, until the client has read what the server holds for it (``agentapp.server`` only).
+
+    Meanwhile the consumer's frames wait in the loopback's bounded queue, then in its outbox, which closes the stream
+    as a slow consumer; a buffer that stays full for ``SOCKET_WRITE_STALL_SECONDS`` drops the connection.
+    """
+
+    def __init__(self, request: HttpRequest) -> None:
+        self.flow = write_flow(getattr(request, "scope", {}))
+        self._drained = asyncio.Event()
+        if self.flow is not None and hasattr(self.flow, "attach"):
+            self.flow.attach()
+            self.flow.on_drain(self._drained.set)
+        else:
+            self.flow = None
+
+    async def wait(self) -> bool:
+        """True once the buffer is below its high-water mark; False (the connection dropped) if it stays full."""
+        flow = self.flow
+        if flow is None or not flow.paused:
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + app_settings.SOCKET_WRITE_STALL_SECONDS
+        while flow.paused and loop.time() < deadline:
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), deadline - loop.time())
+        if flow.paused:
+            logger.info(
+                "agentapp: dropping a stream whose client read nothing for %ss", app_settings.SOCKET_WRITE_STALL_SECONDS
+            )
+            flow.abort()
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.flow is not None:
+            self.flow.detach()
+
+
+async def _events(
+    socket: LoopbackSocket, hello: dict[str, Any], answer: AnswerFilter | None, drain: _Drain
+) -> AsyncIterator[bytes]:
     """The stream: the conversation frame, then frames (all, or those answering a POST) with keep-alive comments.
 
     The consumer is told the client left however the stream ends, so a run it started is cancelled as on a socket.
@@ -129,7 +184,7 @@ async def _events(socket: LoopbackSocket, hello: dict[str, Any], answer: AnswerF
     try:
         yield f"retry: {RECONNECT_MILLISECONDS}\n\n".encode()
         yield encode_event(hello)
-        while True:
+        while await drain.wait():
             try:
                 frame = await socket.receive(timeout=app_settings.SSE_KEEPALIVE_SECONDS)
             except TimeoutError:
@@ -145,6 +200,7 @@ async def _events(socket: LoopbackSocket, hello: dict[str, Any], answer: AnswerF
             if answer.done:
                 return
     finally:
+        drain.close()
         await socket.close()
 
 
@@ -213,7 +269,8 @@ async def watch(request: HttpRequest, conversation_id: str) -> HttpResponse:
     socket, hello = await _connect(request, conversation_id, query)
     if socket is None:
         return hello
-    return _stream_response(_events(socket, hello, None))
+    await _release_database()
+    return _stream_response(_events(socket, hello, None, _Drain(request)))
 
 
 async def post_frame(request: HttpRequest, conversation_id: str | None) -> HttpResponse:
@@ -236,6 +293,8 @@ async def post_frame(request: HttpRequest, conversation_id: str | None) -> HttpR
         return error(status, refused.code, refused.message)
     if frame.type == protocol.CLIENT_RESUME:
         return error(400, protocol.ERR_UNKNOWN_TYPE, "Resume with GET and Last-Event-ID, not a resume frame.")
+    if frame.type == protocol.CLIENT_FEEDBACK:  # answered by no run: the API gives it a plain JSON answer
+        return error(400, protocol.ERR_UNKNOWN_TYPE, "Give feedback with POST api/conversations/<id>/feedback/.")
     socket, hello = await _connect(request, conversation_id, {})
     if socket is None:
         return hello
@@ -243,4 +302,5 @@ async def post_frame(request: HttpRequest, conversation_id: str | None) -> HttpR
         await socket.close()
         return error(403, protocol.ERR_READ_ONLY, "You may watch this conversation, not prompt, cancel or answer.")
     socket.send(body.decode("utf-8"))
-    return _stream_response(_events(socket, hello, AnswerFilter(frame.type, hello)))
+    await _release_database()
+    return _stream_response(_events(socket, hello, AnswerFilter(frame.type, hello), _Drain(request)))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from django.db import transaction
+
 from .history import error_results_for, orphan_tool_uses
 from .models import Message, ToolResult
 from .protocol import from_storable, to_storable, tool_results_in
@@ -37,7 +39,21 @@ def write_message(
         and Message.objects.filter(conversation_id=conversation_id, position=position).update(**fields)
     ):
         return
-    row = Message.objects.create(conversation_id=conversation_id, run_id=run_id, position=position, **fields)
+    if not found:  # one statement: atomic by itself
+        Message.objects.create(conversation_id=conversation_id, run_id=run_id, position=position, **fields)
+        return
+    with transaction.atomic():  # a crash never leaves a tool result's message without its ToolResult rows
+        row = Message.objects.create(conversation_id=conversation_id, run_id=run_id, position=position, **fields)
+        _write_tool_results(row, conversation_id, run_id, found, tool_calls)
+
+
+def _write_tool_results(
+    row: Message,
+    conversation_id: Any,
+    run_id: Any,
+    found: list[Mapping[str, Any]],
+    tool_calls: Mapping[str, dict[str, Any]],
+) -> None:
     results = []
     for result in found:
         call = tool_calls.get(str(result.get("toolUseId", ""))) or {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from django.utils import timezone
 
 from agentapp.models import AgentState, Conversation, ConversationMember, Message, Run, ToolResult
 from agentapp.recorder import create_run, finish_run, write_message
+from agentapp.storable import storable_text
 
 LIST_URL = "/api/conversations/"
 TOOL_USE = {"toolUseId": "tu-1", "name": "calculator", "input": {"expression": "2+2"}}
@@ -163,8 +165,8 @@ def test_other_methods_are_refused(owner_client, owner):
 
     for response, allowed in [
         (owner_client.put(LIST_URL), "GET, POST"),
-        (owner_client.patch(detail_url(conversation.pk)), "GET, DELETE"),
-        (owner_client.post(detail_url(conversation.pk)), "GET, DELETE"),
+        (owner_client.put(detail_url(conversation.pk)), "GET, PATCH, DELETE"),
+        (owner_client.post(detail_url(conversation.pk)), "GET, PATCH, DELETE"),
     ]:
         assert response.status_code == 405
         assert response["Allow"] == allowed
@@ -364,3 +366,14 @@ def test_unsafe_methods_need_the_csrf_token(owner):
     assert Conversation.objects.count() == 1
     assert client.delete(url, headers={"X-CSRFToken": token}).status_code == 204
     assert Conversation.objects.count() == 0
+
+
+@pytest.mark.parametrize("title", ["a\u0000b", "\ud800", "\udfff tail", "\udbff\udbff"])
+def test_create_stores_a_title_a_database_refuses_made_storable(owner_client, title):
+    """NUL and lone surrogates became 500s (and left an untitled row) on PostgreSQL and SQLite alike."""
+    response = owner_client.post(LIST_URL, json.dumps({"title": title}), content_type="application/json")
+
+    assert response.status_code == 201, response.content
+    stored = Conversation.objects.get()
+    assert stored.title == storable_text(title).strip()
+    assert response.json()["title"] == stored.title

@@ -572,7 +572,9 @@ def answered(tab: Tab, prompt: str) -> Locator:
 
 def assert_sanitized(tab: Tab, answer: Locator) -> None:
     """Nothing in the answer can run script, load a resource or leave the page but a safe link."""
-    assert tab.page.locator("#transcript :is(img, script, iframe, svg, input, form, style, object, embed)").count() == 0
+    # In every rendered answer (the page's own controls, like the feedback form, are not model output).
+    hostile = "#transcript .markdown :is(img, script, iframe, svg, input, form, style, object, embed)"
+    assert tab.page.locator(hostile).count() == 0
     attributes = answer.evaluate("(root) => [...root.querySelectorAll('*')].flatMap((e) => e.getAttributeNames())")
     assert set(attributes) <= ALLOWED_ATTRIBUTES, attributes
     links = answer.locator("a").evaluate_all(
@@ -709,3 +711,59 @@ def test_phone_width_has_a_drawer_and_a_readable_chat(markdown_server: LiveDaphn
     sidebar.locator("#conversations a", has_text="## Steps").click()
     expect(page).to_have_url(first)
     expect(tab.last_run().locator(".markdown table td").nth(1)).to_have_text("4")
+
+
+def test_rename_search_and_export_from_the_page(server: LiveDaphne, new_tab) -> None:
+    tab = new_tab().open(server.url)
+    tab.ask("Calculate 2+2")
+    expect(tab.last_run().locator(".run-status")).to_have_text("completed", timeout=RUN_TIMEOUT_MS)
+    watcher = new_tab(cookies_from=tab).open(tab.page.url)  # the same session on a second page
+
+    # Rename: the form replaces the heading; both pages and the sidebar show the new title.
+    tab.page.locator("#rename").click()
+    expect(tab.page.locator("#rename-input")).to_have_value("Calculate 2+2")
+    tab.page.locator("#rename-input").fill("  Household   sums ")
+    tab.page.locator("#rename-save").click()
+    expect(tab.page.locator("#rename-form")).to_be_hidden()
+    for page in (tab.page, watcher.page):
+        expect(page.locator("#conversation-title")).to_have_text("Household sums")
+        expect(page.locator("#conversations a[aria-current=page]")).to_have_text("Household sums")
+    expect(watcher.page).to_have_title("Household sums · agentapp")
+    # A blank title is refused by the form; a too long one cannot be typed (maxlength).
+    tab.page.locator("#rename").click()
+    expect(tab.page.locator("#rename-input")).to_have_attribute("maxlength", "200")
+    tab.page.locator("#rename-cancel").click()
+    expect(tab.page.locator("#conversation-title")).to_have_text("Household sums")
+
+    # Export: the header links download this conversation.
+    href = tab.page.locator("#export-md").get_attribute("href")
+    exported = tab.context.request.get(server.url.rstrip("/") + href if href.startswith("/") else href)
+    assert exported.status == 200
+    assert exported.text().startswith("# Household sums\n")
+    assert "**Tool call** `calculator`" in exported.text()
+
+    # Search: matches replace the list until the box is cleared; another session finds nothing of this one's.
+    tab.open(server.url)
+    tab.ask("Calculate 3+4")
+    expect(tab.last_run().locator(".run-status")).to_have_text("completed", timeout=RUN_TIMEOUT_MS)
+    search = tab.page.locator("#search")
+    search.fill("household")
+    expect(tab.page.locator("#search-results a")).to_have_text(["Household sums"])
+    expect(tab.page.locator("#conversations")).to_be_hidden()
+    expect(tab.page.locator("#search-status")).to_have_text("1 found")
+    search.fill("calculate")
+    expect(tab.page.locator("#search-results a")).to_have_count(2)
+    search.fill("giraffe")
+    expect(tab.page.locator("#search-status")).to_have_text("Nothing found.")
+    expect(tab.page.locator("#search-results a")).to_have_count(0)
+    search.fill("")
+    expect(tab.page.locator("#conversations")).to_be_visible()
+    expect(tab.page.locator("#search-results")).to_be_hidden()
+    search.fill("household")
+    tab.page.locator("#search-results a").click()
+    expect(tab.page.locator("#conversation-title")).to_have_text("Household sums")
+
+    stranger = new_tab().open(server.url)
+    stranger.page.locator("#search").fill("household")
+    expect(stranger.page.locator("#search-status")).to_have_text("Nothing found.")
+    expect(stranger.page.locator("#search-results a")).to_have_count(0)

@@ -168,3 +168,19 @@ async def test_sse_posts_without_an_id_store_a_conversation_only_for_a_prompt(of
     assert (await reader.until(protocol.RUN_FINISHED))[-1]["status"] == protocol.STATUS_COMPLETED
     await reader.close()
     assert [str(pk) async for pk in Conversation.objects.values_list("pk", flat=True)] == [hello["conversation_id"]]
+
+
+def test_reading_a_fresh_or_deleted_conversation_stores_nothing(client, owner) -> None:
+    """A GET (detail or export) never creates a conversation, nor brings a deleted one back under its fresh id."""
+    client.force_login(owner)
+    fresh = fresh_conversation(owner, None)
+    for url in (f"/api/conversations/{fresh.pk}/", f"/api/conversations/{fresh.pk}/export.json"):
+        response = client.get(url)
+        assert response.status_code == 404, url
+        assert response.json()["error"] == protocol.ERR_NOT_FOUND
+    assert Conversation.objects.count() == 0
+
+    fresh.save(force_insert=True)  # stored by its first prompt, then deleted
+    assert client.delete(f"/api/conversations/{fresh.pk}/").status_code == 204
+    assert client.get(f"/api/conversations/{fresh.pk}/").status_code == 404
+    assert Conversation.objects.count() == 0

@@ -124,12 +124,18 @@ async def test_a_killed_process_leaves_a_run_that_is_ended_stored_and_closed(clu
 
 @pytest.mark.asyncio
 async def test_a_prompt_after_a_kill_waits_at_most_the_lease(cluster: LiveCluster) -> None:
-    """Prompts get ``busy`` only while the dead run's lease may still be held, then the conversation is free."""
+    """Prompts get ``busy`` only while the dead run's lease may still be held, then the conversation is free; the
+    prompt that ends the dead run tells every connection, so a watcher's page does not stream forever."""
     killed = await kill_mid_run(cluster, "bo", 10)
+    dead_run = killed.seen[0]["run_id"]
     survivor = cluster.servers[1]
 
-    async with live_socket(survivor, killed.path, killed.session) as other:
+    async with (
+        live_socket(survivor, killed.path, killed.session) as other,
+        live_socket(survivor, killed.path, killed.session) as watcher,
+    ):
         await other.hello()
+        await watcher.hello()
         while True:
             await other.prompt("Calculate 1+1")
             frame = await other.receive()
@@ -140,5 +146,9 @@ async def test_a_prompt_after_a_kill_waits_at_most_the_lease(cluster: LiveCluste
             await asyncio.sleep(0.25)  # poll interval between attempts; each attempt is answered before the next
         answer = await other.until_finished()
         assert answer[-1]["status"] == "completed"
+        ended = await watcher.until(
+            lambda frames: frames[-1].get("run_id") == dead_run and frames[-1]["type"] == "run_finished"
+        )
+        assert ended[-1]["status"] == "interrupted"
     statuses = {row[4] for row in stored(cluster, killed.conversation_id)}
     assert statuses == {"interrupted", "completed"}

@@ -249,3 +249,40 @@ async def test_statements_of_a_long_run_follow_time_not_tokens(user, settings):
     assert frames[-1]["status"] == protocol.STATUS_COMPLETED
     seconds = (await Run.objects.aget(pk=run.run_id)).latency_ms / 1000
     assert len(writes) <= seconds / 0.25 + 2
+
+
+### Writes that must not be half done ###
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_tool_result_message_is_never_stored_without_its_rows(user, monkeypatch):
+    """A crash between the message and its ToolResult rows left a result no repair would ever add a row for."""
+    conversation = Conversation.objects.create(owner=user)
+    run_id = str(Run._meta.get_field("id").default())
+    create_run(conversation.pk, run_id, user.pk, "Calculate 2+2")
+    result = {"toolResult": {"toolUseId": "t1", "status": "success", "content": [{"text": "4"}]}}
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the process died here")
+
+    monkeypatch.setattr(ToolResult.objects, "bulk_create", crash)
+    with pytest.raises(RuntimeError):
+        write_message(conversation.pk, run_id, 1, {"role": "user", "content": [result]}, False, {})
+    assert not Message.objects.filter(conversation=conversation, position=1).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_approval_answers_with_unstorable_text_are_stored(user):
+    conversation = Conversation.objects.create(owner=user)
+    paused = str(Run._meta.get_field("id").default())
+    create_run(conversation.pk, paused, user.pk, "Calculate 2+2")
+    Run.objects.filter(pk=paused).update(status=Run.Status.AWAITING_APPROVAL)
+    answers = {"i1": {"decision": "deny", "text": "no\u0000way \ud800", "user": "ada"}}
+
+    create_run(
+        conversation.pk, str(Run._meta.get_field("id").default()), user.pk, "", resume_of=paused, decisions=answers
+    )
+
+    assert Run.objects.get(pk=paused).decisions == {
+        "i1": {"decision": "deny", "text": "no\ufffdway \ufffd", "user": "ada"}
+    }

@@ -298,3 +298,49 @@ def test_members_api_answers_deep_json_with_a_400(ada_client, ada, bob, nesting)
     added = post_text(ada_client, url, inside(share, nested(LIMIT - 1)))
     assert added.status_code == 201 and added.json()["member"]["role"] == "viewer"
     assert [m["username"] for m in ada_client.get(url).json()["members"]] == ["bob"]
+
+
+### Size in values, counted before parsing ###
+
+
+def test_thousands_of_tiny_arrays_are_refused_before_parsing() -> None:
+    """A frame of 21,000 empty arrays (63 kB) cost tens of milliseconds of the event loop to build and walk."""
+    wide = '{"type": "cancel", "a": [' + ",".join(["[]"] * 21_000) + "]}"
+    with pytest.raises(protocol.ProtocolError) as refused:
+        protocol.decode_json(wide)
+    assert refused.value.code == protocol.ERR_TOO_COMPLEX
+    many_values = "[" + ",".join(["1"] * 5_000) + "]"
+    with pytest.raises(protocol.ProtocolError) as refused:
+        protocol.decode_json(many_values)
+    assert refused.value.code == protocol.ERR_TOO_COMPLEX
+
+
+def test_the_value_count_is_exact_at_the_limit_and_ignores_strings() -> None:
+    at_limit = "[" + ",".join(["0"] * protocol.MAX_JSON_ITEMS) + "]"  # 1 array and 999 commas
+    assert len(protocol.decode_json(at_limit)) == protocol.MAX_JSON_ITEMS
+    with pytest.raises(protocol.ProtocolError) as refused:
+        protocol.decode_json("[" + ",".join(["0"] * (protocol.MAX_JSON_ITEMS + 1)) + "]")
+    assert refused.value.code == protocol.ERR_TOO_COMPLEX
+    # Brackets and commas inside a string are text: a prompt full of them is taken whole.
+    prompt = '[{"a": 1}, ' * 1400
+    frame = protocol.parse_client_frame(json.dumps({"type": "prompt", "prompt": prompt}), None, 64_000, 16_000)
+    assert frame.prompt == prompt
+
+
+def test_unterminated_strings_are_read_once() -> None:
+    """The strings are taken out in one left-to-right pass, even when no string is ever closed."""
+    for text in ('"\\' * 32_000, '"a' * 32_000, '"' + "\\\\" * 32_000, "[" + '"[,' * 20_000):
+        with pytest.raises(protocol.ProtocolError) as refused:
+            protocol.decode_json(text)
+        assert refused.value.code in (protocol.ERR_INVALID_JSON, protocol.ERR_TOO_COMPLEX)
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_websocket_answers_a_frame_of_tiny_arrays_with_too_complex(instant, ada) -> None:
+    client = Client(user=ada)
+    conversation_id = (await client.hello())["conversation_id"]
+    await client.send_text('{"type": "cancel", "a": [' + ",".join(["[]"] * 21_000) + "]}")
+    await assert_error(client, conversation_id, protocol.ERR_TOO_COMPLEX)
+    await assert_usable(client, conversation_id)
+    await client.close()

@@ -108,6 +108,7 @@ async def test_a_process_that_vanished_without_a_goodbye_stops_counting(layer, s
     query = {"type": PRESENCE_MESSAGE_TYPE, "event": "query", "process": "p2", "id": "q1", "reply_to": ghost}
     await channel_layer.group_send(group, query)
     answer = await channel_layer.receive(ghost)
+    assert isinstance(answer.pop("number"), int)  # orders this process's counts (see the test below)
     assert answer == {"type": PRESENCE_MESSAGE_TYPE, "event": "count", "process": PROCESS_ID, "count": 1}
 
     # A second connection here shares this process's picture, the ghost included; the ghost is dropped after 2.5
@@ -141,3 +142,25 @@ async def test_a_join_costs_one_message_per_process_not_per_watcher(layer, setti
             await channel_layer.receive(asker)
     for client in clients:
         await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_count_that_arrives_after_a_newer_one_is_ignored() -> None:
+    """A burst of leaves is sent as separate group messages: they may cross, and the last to arrive is not the last
+    taken. Each count carries its process's number, so a stale one never overwrites a newer one."""
+    from agentapp.presence import COUNT, ConversationView
+
+    view = ConversationView("c", None, "g")
+
+    def count(value: int, number: int) -> dict[str, Any]:
+        return {"type": PRESENCE_MESSAGE_TYPE, "event": COUNT, "process": "other", "count": value, "number": number}
+
+    await view.receive(count(94, 10))
+    await view.receive(count(1, 12))
+    await view.receive(count(70, 11))  # taken before the count of 1, arriving after it
+    assert view.watchers == 1
+    await view.receive(count(0, 13))
+    await view.receive(count(17, 12))  # stale again: the process has none left
+    assert view.watchers == 0
+    await view.receive(count(2, 14))
+    assert view.watchers == 2

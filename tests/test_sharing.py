@@ -218,3 +218,67 @@ async def test_role_changes_reach_open_connections(settings, people, shared):
     await viewer.prompt("Calculate 3+4")
     assert (await viewer.until_finished())[-1]["status"] == protocol.STATUS_COMPLETED
     await viewer.close()
+
+
+### Changes that race a connection, and deletion ###
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("change", ["removed", "demoted"])
+async def test_a_change_announced_while_a_socket_connects_still_applies(people, shared, monkeypatch, change):
+    """The role is read, the owner removes (or demotes) the user and it is announced, then the socket joins the
+    group: the announcement was missed, so the role read again after joining must apply."""
+    from agentapp import consumers
+
+    real_open = consumers.open_with_role
+
+    def open_then_change(*args: Any) -> Any:
+        opened = real_open(*args)
+        if change == "removed":
+            unshare(shared, people["bob"].pk)
+        else:
+            share(shared, "bob", "viewer")
+        return opened
+
+    monkeypatch.setattr(consumers, "open_with_role", open_then_change)
+    bob = Client(f"/ws/agent/{shared.pk}/", user=people["bob"])
+    if change == "removed":
+        await bob.connect()
+        error = await bob.receive()
+        assert (error["type"], error["code"]) == (protocol.ERROR, protocol.ERR_FORBIDDEN)
+        assert await bob.receive_close() == protocol.CLOSE_FORBIDDEN
+        return
+    hello = await bob.hello()
+    assert hello["role"] == "viewer"
+    await bob.send({"type": "prompt", "prompt": "Calculate 2+2"})
+    assert (await bob.receive())["code"] == protocol.ERR_READ_ONLY
+    await bob.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_deleting_a_conversation_closes_its_sockets(people, shared):
+    owner = Client(f"/ws/agent/{shared.pk}/", user=people["owner"])
+    member = Client(f"/ws/agent/{shared.pk}/", user=people["bob"])
+    await owner.hello()
+    await member.hello()
+
+    await sync_to_async(Conversation.objects.filter(pk=shared.pk).delete)()
+
+    error = await owner.receive()
+    assert (error["type"], error["code"]) == (protocol.ERROR, protocol.ERR_NOT_FOUND)
+    assert await owner.receive_close() == protocol.CLOSE_NOT_FOUND
+    # The member hears first that its membership went with the conversation: closed either way.
+    error = await member.receive()
+    assert error["code"] in (protocol.ERR_FORBIDDEN, protocol.ERR_NOT_FOUND)
+    assert await member.receive_close() in (protocol.CLOSE_FORBIDDEN, protocol.CLOSE_NOT_FOUND)
+
+
+@pytest.mark.parametrize("username", ["bob\u0000", "\udc00", "b\ud800ob"])
+def test_sharing_with_a_username_no_database_stores_is_an_unknown_user(client, people, shared, username):
+    client.force_login(people["owner"])
+    response = post_json(client, members_url(shared), {"username": username, "role": "viewer"})
+
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == "unknown_user"

@@ -124,3 +124,48 @@ async def test_a_write_blocked_past_the_stall_limit_closes_the_socket(tmp_path):
             assert_closed_by_server(raw)
         await full_answer(server)
         assert "Traceback" not in server.output(), server.output()
+
+
+@contextmanager
+def non_reading_stream(server: LiveDaphne, prompt: str) -> Iterator[socket.socket]:
+    """An SSE ``POST`` of ``prompt`` (anonymous, demo mode) whose client then reads nothing (a 4 kB receive buffer)."""
+    import httpx
+
+    with httpx.Client(base_url=server.url) as http:
+        http.get("/").raise_for_status()  # the chat page: an anonymous session (demo mode) and the CSRF cookie
+        cookies = {name: http.cookies[name] for name in ("sessionid", "csrftoken")}
+    address = urlsplit(server.url)
+    body = json.dumps({"type": "prompt", "prompt": prompt}).encode()
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(TIMEOUT)
+    try:
+        raw.connect((address.hostname, address.port))
+        request = (
+            f"POST /sse/ HTTP/1.1\r\nHost: {address.netloc}\r\nOrigin: {server.url}\r\n"
+            f"Cookie: sessionid={cookies['sessionid']}; csrftoken={cookies['csrftoken']}\r\n"
+            f"X-CSRFToken: {cookies['csrftoken']}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        raw.sendall(request.encode() + body)
+        yield raw
+    finally:
+        raw.close()
+
+
+@pytest.mark.asyncio
+async def test_a_stream_that_stops_reading_is_closed_and_bounded(tmp_path):
+    """Server-Sent Events get the same guarantee as sockets: the stream's writes wait for the client (frames wait
+    in the consumer's bounded queues meanwhile), and a client that reads nothing for the stall limit is dropped."""
+    env = {
+        "AGENTAPP_OFFLINE_TPS": "0",
+        "AGENTAPP_DEMO": "1",
+        **agentapp_settings(tmp_path, SOCKET_WRITE_STALL_SECONDS=2),
+    }
+    with live_daphne(tmp_path, env) as server:
+        with non_reading_stream(server, LONG_ANSWER) as raw:
+            await full_answer(server)
+            wait_for_output(server, "dropping a stream whose client read nothing for 2s")
+            assert_closed_by_server(raw)
+        await full_answer(server)
+        assert "Traceback" not in server.output(), server.output()

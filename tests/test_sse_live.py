@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -105,3 +105,32 @@ async def test_hanging_up_cancels_the_run(cluster: LiveCluster) -> None:
                         break  # leave mid-run: the connection closes
         finished = (await watcher.until_finished())[-1]
     assert finished["status"] == "cancelled"
+
+
+def database_connections(cluster: LiveCluster) -> int:
+    """Connections open to the cluster's database right now (the servers' and this test's own)."""
+    import psycopg
+
+    url = cluster.environment["DATABASE_URL"].replace("postgres://", "postgresql://", 1)
+    with psycopg.connect(url) as db:
+        return db.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()").fetchone()[0]
+
+
+@pytest.mark.asyncio
+async def test_open_streams_hold_no_database_connection_each(cluster: LiveCluster) -> None:
+    """A stream may last for hours: it must not keep the connection its request opened (90 streams would exhaust
+    PostgreSQL's max_connections for the whole deployment)."""
+    seeded = cluster.seed(["sue"], owner="sue")
+    session, conversation = seeded["users"]["sue"]["session"], seeded["conversation"]
+    server = cluster.servers[0]
+    streams = 12
+    async with http_client(server, session) as client:
+        async with client.stream("GET", f"/sse/{conversation}/") as warm:  # every lazy connection of the server opens
+            await anext(events(warm))
+        before = database_connections(cluster)
+        async with AsyncExitStack() as stack:
+            for _ in range(streams):
+                response = await stack.enter_async_context(client.stream("GET", f"/sse/{conversation}/"))
+                assert (await anext(events(response)))["type"] == "conversation"
+            during = database_connections(cluster)
+    assert during <= before + 1, (before, during)  # at most one connection of a shared thread, none per stream

@@ -403,3 +403,28 @@ def test_calculator_errors_keep_their_message_through_the_worker(fresh_default_p
         calculator("round(1, -10**300)")
 
     assert calculator("round(2.567, 2)") == "2.57"
+
+
+def test_a_worker_whose_server_died_mid_call_exits_quietly() -> None:
+    """A SIGKILLed server leaves its worker writing to a closed pipe: it exits without a traceback in the log."""
+    import subprocess
+    import sys
+    from multiprocessing.connection import Connection
+
+    to_child, requests = os.pipe()
+    replies, from_child = os.pipe()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "agentapp.isolation", str(to_child), str(from_child)],
+        pass_fds=(to_child, from_child),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    os.close(to_child)
+    os.close(from_child)
+    os.close(replies)  # the server is gone before the answer comes back
+    server_side = Connection(requests, readable=False)
+    server_side.send(("tests.worker_targets:echo", ("x" * 100_000,)))
+    server_side.close()
+    _, stderr = worker.communicate(timeout=30)
+    assert worker.returncode == 0
+    assert b"Traceback" not in stderr, stderr.decode(errors="replace")

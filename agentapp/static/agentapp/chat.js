@@ -7,9 +7,11 @@
  */
 import { AgentSocket, websocketUrl } from "./agentapp.js";
 import { SharePanel } from "./share.js";
+import { ConversationSearch, TitleEditor, updateExportLinks } from "./search.js";
 import { Drawer } from "./drawer.js";
 import { node } from "./dom.js";
 import { MarkdownView } from "./markdown.js";
+import { FeedbackBar } from "./feedback.js";
 
 const root = document.getElementById("agentapp");
 const transcript = document.getElementById("transcript");
@@ -22,7 +24,10 @@ const titleElement = document.getElementById("conversation-title");
 const conversationList = document.getElementById("conversations");
 const watchersElement = document.getElementById("watchers");
 const sharePanel = new SharePanel(root);
+const titleEditor = new TitleEditor(root, (title) => setTitle(title));
+new ConversationSearch(root);
 new Drawer(root);
+const feedbackBar = new FeedbackBar(root, (frame) => socket.send(frame));
 
 const websocketPath = root.dataset.websocketPath || "/ws/agent/";
 const UNTITLED = "New conversation";
@@ -345,6 +350,7 @@ function onConversation(frame) {
     pendingApproval = { runId: frame.pending_approval.run_id, interrupts: frame.pending_approval.interrupts };
     runFor(pendingApproval.runId).showApprovals(pendingApproval.interrupts);
   }
+  feedbackBar.load(frame, runFor);
   transcript.scrollTop = transcript.scrollHeight;
 
   const url = new URL(window.location.href);
@@ -355,6 +361,8 @@ function onConversation(frame) {
   socket.retarget(socketUrl(conversationId));
   markCurrentInList();
   sharePanel.update(conversationId, role);
+  titleEditor.update(conversationId, role);
+  updateExportLinks(root, conversationId);
   promptInput.disabled = role === "viewer";
   promptInput.placeholder = role === "viewer" ? VIEWER_PLACEHOLDER : PROMPT_PLACEHOLDER;
 }
@@ -507,10 +515,15 @@ function onFrame(frame) {
     return; // not this conversation's frame
   } else if (typeof frame.run_id === "string" && frame.type !== "interrupt_resolved") {
     onRunFrame(frame);
+    if (frame.type === "run_finished") feedbackBar.runFinished(frame.run_id, runFor(frame.run_id).element);
+  } else if (frame.type === "feedback") {
+    feedbackBar.apply(frame.feedback);
   } else if (frame.type === "interrupt_resolved") {
     approvalResolved(frame.run_id, frame.outcome);
   } else if (frame.type === "presence") {
     showWatchers(frame.watchers);
+  } else if (frame.type === "title") {
+    setTitle(frame.title); // renamed on another page, through the API, or by the title generator
   } else if (frame.type === "error") {
     showError(frame);
   }
