@@ -21,6 +21,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
 from . import protocol
 from .conf import app_settings
 
@@ -62,6 +66,27 @@ def coalesce(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             merged.append(dict(frame, seq_first=frame["seq"]) if frame["type"] == protocol.DATA else dict(frame))
     return merged
+
+
+### Telling a conversation's connections from anywhere ###
+
+
+async def tell_group(conversation_id: Any, message: dict[str, Any], what: str) -> None:
+    """Send ``message`` to the conversation's group within the send timeout; a layer that fails is logged (what it
+    announces is saved already: connections opened from now on see it)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async with asyncio.timeout(app_settings.BROADCAST_SEND_TIMEOUT_SECONDS):
+            await layer.group_send(group_name(str(conversation_id)), message)
+    except Exception as exc:
+        logger.warning("agentapp: could not tell connections of %s about %s (%r)", conversation_id, what, exc)
+
+
+def tell_group_on_commit(conversation_id: Any, message: dict[str, Any], what: str) -> None:
+    """``tell_group`` from synchronous code (a view, a signal), once the current transaction commits."""
+    transaction.on_commit(lambda: async_to_sync(tell_group)(conversation_id, message, what))
 
 
 ### Layer health ###

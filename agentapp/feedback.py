@@ -8,19 +8,15 @@ carries the feedback on the messages it holds, so a reconnecting client sees it 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.db import transaction
 
 from . import protocol
 from .access import is_authenticated
-from .broadcast import group_name, layer_call
-from .conf import app_settings
+from .broadcast import layer_call, tell_group_on_commit
 from .models import Feedback, Message
 
 if TYPE_CHECKING:
@@ -126,21 +122,5 @@ async def on_frame(consumer: AgentConsumer, frame: protocol.ClientFrame) -> None
 
 def announce(conversation_id: str, given: dict[str, Any]) -> None:
     """After the transaction commits, send the ``feedback`` frame to every connection of the conversation."""
-    transaction.on_commit(lambda: _send(conversation_id, feedback_frame(conversation_id, given)))
-
-
-def _send(conversation_id: str, frame: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    message = {"type": FEEDBACK_MESSAGE_TYPE, "frame": frame, "origin": None}
-
-    async def send() -> None:
-        async with asyncio.timeout(app_settings.BROADCAST_SEND_TIMEOUT_SECONDS):
-            await layer.group_send(group_name(conversation_id), message)
-
-    try:
-        async_to_sync(send)()
-    except Exception as exc:
-        # The feedback is stored; connections see it in their next conversation frame.
-        logger.warning("agentapp: could not tell connections of %s about feedback (%r)", conversation_id, exc)
+    message = {"type": FEEDBACK_MESSAGE_TYPE, "frame": feedback_frame(conversation_id, given), "origin": None}
+    tell_group_on_commit(conversation_id, message, "feedback")

@@ -7,18 +7,14 @@ through the conversation's channel-layer group: a removed user is disconnected, 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from .broadcast import ACCESS_MESSAGE_TYPE, DELETED_MESSAGE_TYPE, group_name
-from .conf import app_settings
+from .broadcast import ACCESS_MESSAGE_TYPE, DELETED_MESSAGE_TYPE, tell_group_on_commit
 from .models import Conversation, ConversationMember
 from .storable import storable_text
 
@@ -91,30 +87,10 @@ def unshare(conversation: Conversation, user_id: int) -> bool:
 
 def announce_role(conversation_id: Any, user_id: Any, role: str | None) -> None:
     """After the transaction commits, tell the conversation's connections the user's new role (None: removed)."""
-    transaction.on_commit(lambda: _send_role(str(conversation_id), user_id, role))
+    message = {"type": ACCESS_MESSAGE_TYPE, "user_id": user_id, "role": role}
+    tell_group_on_commit(conversation_id, message, "a role change")
 
 
 def announce_deleted(conversation_id: Any) -> None:
     """After the transaction commits, tell the conversation's connections that it is gone (they close, 4404)."""
-    message = {"type": DELETED_MESSAGE_TYPE}
-    transaction.on_commit(lambda: _send(str(conversation_id), message))
-
-
-def _send_role(conversation_id: str, user_id: Any, role: str | None) -> None:
-    _send(conversation_id, {"type": ACCESS_MESSAGE_TYPE, "user_id": user_id, "role": role})
-
-
-def _send(conversation_id: str, message: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-
-    async def send() -> None:
-        async with asyncio.timeout(app_settings.BROADCAST_SEND_TIMEOUT_SECONDS):
-            await layer.group_send(group_name(conversation_id), message)
-
-    try:
-        async_to_sync(send)()
-    except Exception as exc:
-        # The change is saved; connections opened from now on see it, open ones keep their role until they reconnect.
-        logger.warning("agentapp: could not tell connections of %s about a change (%r)", conversation_id, exc)
+    tell_group_on_commit(conversation_id, {"type": DELETED_MESSAGE_TYPE}, "its deletion")

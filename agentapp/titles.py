@@ -15,12 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
-from channels.layers import get_channel_layer
 from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from .broadcast import group_name
+from .broadcast import tell_group
 from .conf import app_settings
 from .models import Conversation, Message, Run
 from .recorder import TITLE_CHARS
@@ -86,16 +85,8 @@ def rename(conversation: Conversation, title: str) -> None:
 
 async def announce(conversation_id: Any, title: str) -> None:
     """Send the new title to the conversation's group; a layer that fails is logged (the title is saved anyway)."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
     message = {"type": TITLE_MESSAGE_TYPE, "frame": title_frame(conversation_id, title)}
-    try:
-        async with asyncio.timeout(app_settings.BROADCAST_SEND_TIMEOUT_SECONDS):
-            await layer.group_send(group_name(str(conversation_id)), message)
-    except Exception as exc:
-        # Pages opened from now on show it; open ones keep the old title until they reload.
-        logger.warning("agentapp: could not tell connections of %s about a new title (%r)", conversation_id, exc)
+    await tell_group(conversation_id, message, "a new title")
 
 
 ### The generator hook ###

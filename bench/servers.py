@@ -259,7 +259,13 @@ class ServerPool:
         return fresh_sqlite(self._template, self.workdir / f"{name}.sqlite3")
 
     def _build(self, name: str) -> Server:
-        agentapp_env = {"AGENTAPP_DEMO": "1", "DJANGO_DEBUG": "0", "AGENTAPP_OFFLINE_TPS": "0"}
+        # One anonymous session opens every conversation of a benchmark: no hourly cap on them.
+        agentapp_env = {
+            "AGENTAPP_DEMO": "1",
+            "DJANGO_DEBUG": "0",
+            "AGENTAPP_OFFLINE_TPS": "0",
+            "AGENTAPP_CONVERSATIONS_PER_HOUR": "0",
+        }
         if name == "fastapi":
             return uvicorn(name, "bench.fastapi_app:app", self.workdir)
         if name == "bare":
