@@ -74,3 +74,23 @@ def close_worker_thread_connections(django_db_setup: Any, django_db_blocker: Any
 
     with django_db_blocker.unblock():
         SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
+
+
+@pytest.fixture
+def people(db: Any) -> dict[str, Any]:
+    """Four users: an owner, bob and vera (made a member and a viewer by ``shared``) and eve, a stranger."""
+    from django.contrib.auth import get_user_model
+
+    users = get_user_model().objects
+    return {name: users.create_user(name, password=None) for name in ("owner", "bob", "vera", "eve")}
+
+
+@pytest.fixture
+def shared(people: dict[str, Any]) -> Any:
+    """The owner's conversation, shared with bob as a member and vera as a viewer; eve is a stranger."""
+    from agentapp.models import Conversation, ConversationMember
+
+    conversation = Conversation.objects.create(owner=people["owner"], title="Shared")
+    ConversationMember.objects.create(conversation=conversation, user=people["bob"], role="member")
+    ConversationMember.objects.create(conversation=conversation, user=people["vera"], role="viewer")
+    return conversation

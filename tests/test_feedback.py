@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.contrib.auth import get_user_model
 from django.test import Client as HttpClient
 from django.urls import reverse
 
 from agentapp import protocol
-from agentapp.models import Conversation, ConversationMember, Feedback, Message
+from agentapp.models import Conversation, Feedback, Message
 from tests.test_access import assert_refused
 from tests.test_sse import logged_in
 from tests.test_sse import post as sse_post
@@ -21,21 +20,6 @@ from tests.wsclient import Client
 
 # Long enough for a frame that should not come.
 QUIET_SECONDS = 0.3
-
-
-@pytest.fixture
-def people(db) -> dict[str, Any]:
-    users = get_user_model().objects
-    return {name: users.create_user(name, password=None) for name in ("owner", "bob", "vera", "eve")}
-
-
-@pytest.fixture
-def shared(people) -> Conversation:
-    """The owner's conversation, shared with bob as a member and vera as a viewer; eve is a stranger."""
-    conversation = Conversation.objects.create(owner=people["owner"], title="Shared")
-    ConversationMember.objects.create(conversation=conversation, user=people["bob"], role="member")
-    ConversationMember.objects.create(conversation=conversation, user=people["vera"], role="viewer")
-    return conversation
 
 
 def socket(conversation: Conversation, user: Any) -> Client:

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.contrib.auth import get_user_model
 from django.test import Client as HttpClient
 from django.urls import reverse
 
@@ -16,21 +15,6 @@ from agentapp.models import Conversation, ConversationMember, Run
 from agentapp.sharing import share, unshare
 from tests.test_access import anonymous_session, assert_refused, cookie_headers
 from tests.wsclient import Client, streamed_text
-
-
-@pytest.fixture
-def people(db) -> dict[str, Any]:
-    users = get_user_model().objects
-    return {name: users.create_user(name, password=None) for name in ("owner", "bob", "vera", "eve")}
-
-
-@pytest.fixture
-def shared(people) -> Conversation:
-    """The owner's conversation, shared with bob as a member and vera as a viewer; eve is a stranger."""
-    conversation = Conversation.objects.create(owner=people["owner"], title="Shared")
-    ConversationMember.objects.create(conversation=conversation, user=people["bob"], role="member")
-    ConversationMember.objects.create(conversation=conversation, user=people["vera"], role="viewer")
-    return conversation
 
 
 def members_url(conversation: Conversation) -> str:

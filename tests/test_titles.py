@@ -9,29 +9,21 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.contrib.auth import get_user_model
 from django.test import Client as HttpClient
 
 from agentapp import protocol, titles
-from agentapp.models import Conversation, ConversationMember, Run
+from agentapp.models import Conversation, Run
 from tests.test_access import chat
 from tests.test_api_conversations import calculator_run, detail_url
 from tests.wsclient import Client
 
 
 @pytest.fixture
-def people(db) -> dict[str, Any]:
-    users = get_user_model().objects
-    return {name: users.create_user(name, password=None) for name in ("owner", "bob", "vera", "eve")}
-
-
-@pytest.fixture
-def shared(people) -> Conversation:
-    """The owner's conversation, shared with bob as a member and vera as a viewer; eve is a stranger."""
-    conversation = Conversation.objects.create(owner=people["owner"], title="Old")
-    ConversationMember.objects.create(conversation=conversation, user=people["bob"], role="member")
-    ConversationMember.objects.create(conversation=conversation, user=people["vera"], role="viewer")
-    return conversation
+def shared(shared: Conversation) -> Conversation:
+    """The shared conversation of tests/conftest.py, titled "Old" (the title renames replace)."""
+    shared.title = "Old"
+    shared.save(update_fields=["title"])
+    return shared
 
 
 def logged_in(user: Any, **kwargs: Any) -> HttpClient:
