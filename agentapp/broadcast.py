@@ -27,21 +27,22 @@ from django.db import transaction
 
 from . import protocol
 from .conf import app_settings
+from .messages import (  # noqa: F401 (message types, re-exported for the modules that import them from here)
+    ACCESS_MESSAGE_TYPE,
+    CANCEL_MESSAGE_TYPE,
+    DELETED_MESSAGE_TYPE,
+    FRAME_MESSAGE_TYPE,
+    PRESENCE_MESSAGE_TYPE,
+    REJOINED_MESSAGE_TYPE,
+    REPLAY_MESSAGE_TYPE,
+    SYNC_MESSAGE_TYPE,
+    frame_message,
+)
 
 if TYPE_CHECKING:
     from .runlog import RunLog
 
 logger = logging.getLogger(__name__)
-
-# Channel-layer message types; a consumer handles ``agentapp.x`` in its ``agentapp_x`` method.
-FRAME_MESSAGE_TYPE = "agentapp.frame"  # to the group: one (merged) frame of a run, with the origin's channel
-CANCEL_MESSAGE_TYPE = "agentapp.cancel"  # to the group: stop the conversation's run
-SYNC_MESSAGE_TYPE = "agentapp.sync"  # to the origin or the group: send me a run's frames after ``after``
-REPLAY_MESSAGE_TYPE = "agentapp.replay"  # to one channel: a chunk of the frames asked for
-ACCESS_MESSAGE_TYPE = "agentapp.access"  # to the group: a user's role changed (None: removed)
-DELETED_MESSAGE_TYPE = "agentapp.deleted"  # to the group: the conversation was deleted
-PRESENCE_MESSAGE_TYPE = "agentapp.presence"  # to the group or one channel: a connection joined, is here, left
-REJOINED_MESSAGE_TYPE = "agentapp.rejoined"  # never sent: a consumer tells itself it is back in its group
 
 
 def group_name(conversation_id: str) -> str:
@@ -50,21 +51,14 @@ def group_name(conversation_id: str) -> str:
 
 
 def coalesce(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Merge runs of adjacent ``data`` frames and of ``current_tool_use`` updates for one tool use."""
+    """Merge runs of adjacent ``data`` frames and of ``current_tool_use`` updates for one tool use.
+
+    The frames are copied (the caller's are not changed) and every ``data`` frame carries ``seq_first``.
+    """
     merged: list[dict[str, Any]] = []
     for frame in frames:
-        previous = merged[-1] if merged else None
-        if previous is not None and previous["type"] == frame["type"] == protocol.DATA:
-            previous[protocol.DATA] += frame[protocol.DATA]
-            previous["seq"] = frame["seq"]
-        elif (
-            previous is not None
-            and previous["type"] == frame["type"] == protocol.CURRENT_TOOL_USE
-            and previous[protocol.CURRENT_TOOL_USE]["toolUseId"] == frame[protocol.CURRENT_TOOL_USE]["toolUseId"]
-        ):
-            merged[-1] = {**frame, "seq_first": previous.get("seq_first", previous["seq"])}
-        else:
-            merged.append(dict(frame, seq_first=frame["seq"]) if frame["type"] == protocol.DATA else dict(frame))
+        if not (merged and protocol.merge_into(merged[-1], frame)):
+            merged.append(protocol.merge_start(frame))
     return merged
 
 
@@ -156,6 +150,9 @@ def _cleaner_done(task: asyncio.Task[Any]) -> None:
 
 ### Sending ###
 
+# How long a run's broadcaster trusts its last answer to "does anyone else watch?" (asked per frame otherwise).
+WATCHED_RECHECK_SECONDS = 0.05
+
 # Broadcasters still resending after their run ended (the layer was away); referenced so they finish.
 _lingering: set[asyncio.Task[None]] = set()
 
@@ -191,16 +188,27 @@ class GroupBroadcaster:
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._settled = asyncio.Event()
         self._holding = False  # frames taken from the queue wait out the window, not logged yet
+        self._watched = True
+        self._recheck_at = 0.0
         self._task = asyncio.create_task(self._run(), name=f"agentapp-broadcast-{group}")
 
     def publish(self, frame: dict[str, Any]) -> None:
         """Queue a frame for the group; never blocks. Unwatched, with nothing queued before it, it is only logged."""
         quiet = self.log is not None and self.watched is not None and not self._holding and self._queue.empty()
-        if quiet and frame["type"] != protocol.RUN_FINISHED and not self.watched():
+        if quiet and frame["type"] != protocol.RUN_FINISHED and not self._watched_now():
             self.log.append(frame)
             self.unsent += 1
             return
         self._queue.put_nowait(frame)
+
+    def _watched_now(self) -> bool:
+        """``watched()``, asked at most every ``WATCHED_RECHECK_SECONDS`` (a watcher that comes in between asks for
+        the frames it missed, as any late joiner does)."""
+        now = time.monotonic()
+        if now >= self._recheck_at:
+            self._watched = self.watched is None or self.watched()
+            self._recheck_at = now + WATCHED_RECHECK_SECONDS
+        return self._watched
 
     async def close(self) -> None:
         """Send what is queued, then stop; if the layer is failing, return and keep retrying in the background.
@@ -278,7 +286,7 @@ class GroupBroadcaster:
             self.unsent += len(pending) - len(ends)
             pending[:] = ends
         while pending:
-            message = {"type": FRAME_MESSAGE_TYPE, "frame": pending[0], "origin": self.origin}
+            message = frame_message(pending[0], self.origin)
             if not await layer_call(self.channel_layer.group_send(self.group, message), "group_send"):
                 self.failures += 1
                 return False
@@ -336,7 +344,7 @@ class Follower:
             return []
         if frame["seq"] <= run.seq:
             return []
-        if frame.get("seq_first", frame["seq"]) > run.seq + 1 and run.syncs < self.MAX_SYNCS:
+        if protocol.seq_span(frame)[0] > run.seq + 1 and run.syncs < self.MAX_SYNCS:
             self._request(run_id, run)
             run.buffer.append(frame)
             return []
@@ -364,6 +372,10 @@ class Follower:
         run = self.runs.setdefault(run_id, _Followed())
         if run.buffer is None:
             self._request(run_id, run)
+
+    def has_requests(self) -> bool:
+        """Whether replay requests wait to be taken."""
+        return bool(self._requests)
 
     def take_requests(self) -> list[SyncRequest]:
         """Replay requests made since the last call; the caller sends them."""

@@ -51,7 +51,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_JSON_DEPTH": 32,
     # Whether anonymous users may open conversations (their own, bound to the session).
     "ALLOW_ANONYMOUS": False,
-    # Stored messages a prompt reads for an agent whose conversation manager has no sliding window; 0: all of them.
+    # Stored messages a prompt reads for an agent whose conversation manager has no sliding window (a summarizing one
+    # reads those after its summary, at most this many); 0: all of them.
     "MAX_HISTORY_MESSAGES": 500,
     # How many messages of history the ``conversation`` frame carries on connect.
     "HISTORY_FRAME_MESSAGES": 200,

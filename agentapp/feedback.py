@@ -17,15 +17,13 @@ from django.db import transaction
 from . import protocol
 from .access import is_authenticated
 from .broadcast import layer_call, tell_group_on_commit
+from .messages import feedback_message
 from .models import Feedback, Message
 
 if TYPE_CHECKING:
     from .consumers import AgentConsumer
 
 logger = logging.getLogger(__name__)
-
-# Group message carrying a ``feedback`` frame to every connection of the conversation.
-FEEDBACK_MESSAGE_TYPE = "agentapp.feedback"
 
 
 class FeedbackError(Exception):
@@ -113,7 +111,7 @@ async def on_frame(consumer: AgentConsumer, frame: protocol.ClientFrame) -> None
     out = feedback_frame(consumer.conversation_id, given)
     await consumer._deliver([out])
     if consumer.channel_layer is not None:
-        message = {"type": FEEDBACK_MESSAGE_TYPE, "frame": out, "origin": consumer.channel_name}
+        message = feedback_message(out, consumer.channel_name)
         await layer_call(consumer.channel_layer.group_send(consumer.group, message), "group_send")
 
 
@@ -122,5 +120,5 @@ async def on_frame(consumer: AgentConsumer, frame: protocol.ClientFrame) -> None
 
 def announce(conversation_id: str, given: dict[str, Any]) -> None:
     """After the transaction commits, send the ``feedback`` frame to every connection of the conversation."""
-    message = {"type": FEEDBACK_MESSAGE_TYPE, "frame": feedback_frame(conversation_id, given), "origin": None}
+    message = feedback_message(feedback_frame(conversation_id, given), None)
     tell_group_on_commit(conversation_id, message, "feedback")

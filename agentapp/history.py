@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .models import Message
@@ -10,6 +11,8 @@ from .protocol import from_storable, json_safe
 INTERRUPTED_TOOL_TEXT = "Tool call did not finish: the run was stopped before it returned a result."
 # Closes a prompt that a run ended without answering, so the next prompt is never merged into it.
 UNANSWERED_NOTE = "(No answer: the run ended before the agent replied.)"
+# A stored message as read back: (position, role, content).
+Row = tuple[int, str, Any]
 
 
 def orphan_tool_uses(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -60,7 +63,16 @@ def repair(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     A prompt is never merged into an earlier unanswered prompt: a note that no answer came stands between them.
     Linear in the number of messages: tool uses are tracked as they are met.
     """
+    return repair_rows(messages, list(range(len(messages))))[0]
+
+
+def repair_rows(messages: list[dict[str, Any]], positions: list[int]) -> tuple[list[dict[str, Any]], list[int]]:
+    """``repair`` of stored messages at ``positions``, with the position each repaired message starts at.
+
+    A message repair adds starts at the stored message it stands before (one past the last at the end).
+    """
     repaired: list[dict[str, Any]] = []
+    starts: list[int] = []
     open_uses: list[dict[str, Any]] = []  # tool uses of the last assistant message not answered yet
 
     def close_open_uses(answered_next: set[Any]) -> list[dict[str, Any]]:
@@ -68,7 +80,7 @@ def repair(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         open_uses.clear()
         return error_results_for(missing)["content"] if missing else []
 
-    for message in messages:
+    for message, position in zip(messages, positions, strict=True):
         content = [block for block in message["content"] if block]
         if message["role"] == "user":
             answered_here = {block["toolResult"].get("toolUseId") for block in content if "toolResult" in block}
@@ -77,6 +89,7 @@ def repair(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             errors = close_open_uses(set())
             if errors:
                 repaired.append({"role": "user", "content": errors})
+                starts.append(position)
         if not content:
             continue
         if message["role"] == "assistant":
@@ -87,16 +100,18 @@ def repair(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ]
         if repaired and repaired[-1]["role"] == message["role"]:
             if message["role"] == "user" and asks(repaired[-1]) and asks({"role": "user", "content": content}):
-                repaired.append(_note())
-                repaired.append({"role": "user", "content": content})
+                repaired += [_note(), {"role": "user", "content": content}]
+                starts += [position, position]
                 continue
             repaired[-1]["content"].extend(content)
         else:
             repaired.append({"role": message["role"], "content": content})
+            starts.append(position)
     errors = close_open_uses(set())
     if errors:
         repaired.append({"role": "user", "content": errors})
-    return repaired
+        starts.append(positions[-1] + 1)
+    return repaired, starts
 
 
 def prompt_input(messages: list[dict[str, Any]], prompt: str) -> str | None:
@@ -116,38 +131,82 @@ def prompt_input(messages: list[dict[str, Any]], prompt: str) -> str | None:
     return prompt
 
 
+@dataclass
+class Window:
+    """The stored messages a prompt reads, repaired, and the stored position each of them starts at."""
+
+    messages: list[dict[str, Any]]
+    positions: list[int]
+    # The position the next stored message takes: one past the newest row (``start`` when none was read).
+    end: int
+
+
 def load_messages(conversation_id: Any, limit: int | None = None) -> list[dict[str, Any]]:
     """The conversation's messages as Strands messages, ready to seed an Agent (synchronous ORM).
 
     With ``limit``, only the last turns that fit in ``limit`` stored messages are read (at least the last turn, so
     a long tool loop is never cut inside): a prompt then costs O(window) rows, however long the conversation.
     """
+    return window_of(conversation_id, tail_rows(conversation_id, limit), limit).messages
+
+
+def tail_rows(conversation_id: Any, limit: int | None, start: int = 0) -> list[Row]:
+    """The last ``limit`` stored messages from position ``start`` (all for None) as (position, role, content)."""
     rows = Message.objects.filter(conversation_id=conversation_id)
+    if start:
+        rows = rows.filter(position__gte=start)
     if limit is None:
-        picked = list(rows.order_by("position").values_list("role", "content"))
-    else:
-        picked = _last_turns(rows, limit)
-    return repair([{"role": role, "content": from_storable(content)} for role, content in picked])
-
-
-def _last_turns(rows: Any, limit: int) -> list[tuple[str, Any]]:
-    """The stored messages from the first prompt within the last ``limit`` rows (or the last prompt) to the end."""
+        return list(rows.order_by("position").values_list("position", "role", "content"))
     tail = list(rows.order_by("-position").values_list("position", "role", "content")[: max(limit, 1)])
     tail.reverse()
-    start = next((index for index, row in enumerate(tail) if _is_prompt(row[1], row[2])), None)
-    if start is None and tail:
-        # One turn longer than the window: read back to its prompt, a chunk at a time.
-        before = rows.filter(position__lt=tail[0][0]).order_by("-position").values_list("position", "role", "content")
-        earlier: list[tuple[int, str, Any]] = []
-        for row in before.iterator(chunk_size=100):
-            earlier.append(row)
-            if _is_prompt(row[1], row[2]):
-                break
-        else:
-            earlier = []  # no prompt at all before: keep the window as it is
-        tail = [*reversed(earlier), *tail]
-        start = 0
-    return [(role, content) for _, role, content in tail[start or 0 :]]
+    return tail
+
+
+def window_of(
+    conversation_id: Any, tail: list[Row], limit: int | None, start: int = 0, summarized: bool = False
+) -> Window:
+    """The messages of ``tail`` (``tail_rows``) from position ``start`` on, from their first prompt, repaired.
+
+    ``start`` is where a conversation manager's kept messages begin. After a summary (``summarized``) they are kept
+    from there as they are, when the tail reaches back to it: the summary stands before them.
+    """
+    rows = [row for row in tail if row[0] >= start]
+    as_kept = limit is None or (summarized and bool(tail) and tail[0][0] <= start)
+    picked = rows if as_kept else _from_first_prompt(conversation_id, rows, start)
+    if summarized:
+        picked = _without_leading_results(picked)
+    messages, positions = repair_rows(
+        [{"role": role, "content": from_storable(content)} for _, role, content in picked],
+        [position for position, _, _ in picked],
+    )
+    return Window(messages, positions, tail[-1][0] + 1 if tail else start)
+
+
+def _from_first_prompt(conversation_id: Any, tail: list[Row], start: int) -> list[Row]:
+    """The rows from the first prompt of ``tail`` on; a tail with none is read back to its prompt (not before start)."""
+    begin = next((index for index, row in enumerate(tail) if _is_prompt(row[1], row[2])), None)
+    if begin is not None or not tail or tail[0][0] <= start:
+        return tail[begin or 0 :]
+    # One turn longer than the window: read back to its prompt, a chunk at a time.
+    before = (
+        Message.objects.filter(conversation_id=conversation_id, position__lt=tail[0][0], position__gte=start)
+        .order_by("-position")
+        .values_list("position", "role", "content")
+    )
+    earlier: list[Row] = []
+    for row in before.iterator(chunk_size=100):
+        earlier.append(row)
+        if _is_prompt(row[1], row[2]):
+            return [*reversed(earlier), *tail]
+    return tail  # no prompt at all before: keep the window as it is
+
+
+def _without_leading_results(picked: list[Row]) -> list[Row]:
+    """Drop leading user messages that only carry tool results: their tool uses were summarized away."""
+    skip = 0
+    while skip < len(picked) and picked[skip][1] == Message.Role.USER and not _is_prompt(*picked[skip][1:]):
+        skip += 1
+    return picked[skip:]
 
 
 def _is_prompt(role: str, content: Any) -> bool:

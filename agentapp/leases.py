@@ -6,6 +6,7 @@ Whichever process next touches the conversation (a prompt, a cancel, a connectio
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,7 +25,7 @@ DEAD_RUN_NOTE = "(No answer: the run was interrupted when the server running it 
 
 
 def renew_every() -> float:
-    """Seconds between two renewals of a run's lease by its process."""
+    """Seconds between two renewals of a run's lease by its process (all its runs at once, agentapp.heartbeat)."""
     return app_settings.RUN_LEASE_SECONDS / 4
 
 
@@ -44,9 +45,25 @@ def _lapsed(cutoff: datetime) -> Q:
     )
 
 
+def renew_all(run_ids: Collection[Any]) -> set[str]:
+    """Renew the leases of runs in one statement; return the ids of those no longer running (ended as dead elsewhere).
+
+    Only a running run is renewed: one that another process ended stays ended. Finding which were not renewed takes a
+    second query, only when some were not.
+    """
+    ids = {str(Run._meta.pk.to_python(run_id)): str(run_id) for run_id in run_ids}  # as the database gives them
+    if not ids:
+        return set()
+    running = Run.objects.filter(pk__in=ids, status=Run.Status.RUNNING)
+    if running.update(heartbeat_at=timezone.now()) == len(ids):
+        return set()
+    still = {str(pk) for pk in running.values_list("pk", flat=True)}
+    return {given for key, given in ids.items() if key not in still}
+
+
 def renew(run_id: Any) -> bool:
-    """Renew a run's lease; False when the run is no longer running (another process ended it as dead)."""
-    return bool(Run.objects.filter(pk=run_id, status=Run.Status.RUNNING).update(heartbeat_at=timezone.now()))
+    """Renew one run's lease; False when the run is no longer running (another process ended it as dead)."""
+    return not renew_all([run_id])
 
 
 def end_dead_runs(conversation_id: Any) -> list[str]:

@@ -82,6 +82,14 @@ class Run(models.Model):
         ordering = ["started_at"]
         indexes = [
             models.Index(fields=["conversation", "started_at"], name="agentapp_run_conv_started"),
+            # The run in progress, or waiting for approval, of one conversation: read by every prompt and connect, so
+            # its cost must not grow with the conversation's runs (the second index is the one SQLite picks for both).
+            models.Index(fields=["conversation", "status"], name="agentapp_run_conv_status"),
+            models.Index(
+                fields=["conversation"],
+                condition=models.Q(status__in=["running", "awaiting_approval"]),
+                name="agentapp_run_conv_open",
+            ),
             models.Index(fields=["status"], name="agentapp_run_status"),
             models.Index(fields=["user", "started_at"], name="agentapp_run_user_started"),
         ]
@@ -148,11 +156,15 @@ class ToolResult(models.Model):
 
 
 class AgentState(models.Model):
-    """A Strands agent's saved state in a conversation (``strands.types.session.SessionAgent`` minus its messages)."""
+    """A Strands agent's saved state in a conversation (``strands.types.session.SessionAgent`` minus its messages).
+
+    Written after each run of a prompt (``preparing.Memory``) and by ``session.DjangoSessionRepository``.
+    """
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="agent_states")
     agent_id = models.CharField(max_length=128)
     # SessionAgent.to_dict() without agent_id and timestamps: state, conversation_manager_state, _internal_state.
+    # conversation_manager_state["removed_message_count"] is the position of the first message the manager keeps.
     data = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -29,6 +29,24 @@ class WriteFlow(Protocol):
         """Drop the connection at once, with whatever is still buffered."""
 
 
+# Frames encoded lately, by identity (each kept, so its id is not reused meanwhile): a group frame that the process's
+# room hands to many sockets is encoded once, not once per socket. Frames are never changed once queued.
+ENCODED_KEPT = 256
+_encoded: dict[int, tuple[dict[str, Any], str]] = {}
+
+
+def encoded(frame: dict[str, Any]) -> str:
+    """The frame as JSON text, encoded once however many sockets write it."""
+    hit = _encoded.get(id(frame))
+    if hit is not None and hit[0] is frame:
+        return hit[1]
+    text = protocol.encode_frame(frame)
+    if len(_encoded) >= ENCODED_KEPT:
+        _encoded.clear()  # cheaper than keeping an order: a frame is written by all its sockets within moments
+    _encoded[id(frame)] = (frame, text)
+    return text
+
+
 def write_flow(scope: dict[str, Any]) -> WriteFlow | None:
     """The socket's ``WriteFlow`` if its server offers one (``agentapp.server``), else None."""
     return (scope.get("extensions") or {}).get(FLOW_EXTENSION)
@@ -36,25 +54,24 @@ def write_flow(scope: dict[str, Any]) -> WriteFlow | None:
 
 @dataclass(slots=True)
 class _Queued:
-    """One entry of an outbox: a wire frame with the text deltas merged after it, or an ASGI message."""
+    """One entry of an outbox: a wire frame with the text deltas merged after it, or an ASGI message.
+
+    It merges by ``protocol.continues``, as the group broadcast does, but text deltas only (each tool-use update
+    is written), without copying: the caller's frames are kept and their text joined once, when written.
+    """
 
     message: dict[str, Any]
     frames: int = 1  # frames it carries (0: an ASGI message to pass as it is)
     texts: list[str] = field(default_factory=list)  # merged deltas' text, joined once when written
-    seq: int = -1  # seq of its last delta
+    last: dict[str, Any] | None = None  # the last delta merged into it
 
     def merge(self, frame: dict[str, Any]) -> bool:
         """Take a text delta that continues this entry's run right after its last one."""
-        first = self.message
-        if not (
-            self.frames
-            and frame["type"] == first["type"] == protocol.DATA
-            and frame.get("run_id") == first.get("run_id")
-            and frame.get("seq_first", frame["seq"]) == self.seq + 1
-        ):
+        previous = self.message if self.last is None else self.last
+        if not (self.frames and protocol.continues(previous, frame, tool_uses=False)):
             return False
         self.texts.append(frame[protocol.DATA])
-        self.seq = frame["seq"]
+        self.last = frame
         self.frames += 1
         return True
 
@@ -63,10 +80,12 @@ class _Queued:
         if not self.frames:
             return self.message
         frame = self.message
-        if self.texts:
+        if self.last is not None:
+            first, last = protocol.seq_span(frame)[0], protocol.seq_span(self.last)[1]
             text = frame[protocol.DATA] + "".join(self.texts)
-            frame = {**frame, protocol.DATA: text, "seq": self.seq, "seq_first": frame.get("seq_first", frame["seq"])}
-        return {"type": "websocket.send", "text": protocol.encode_frame(frame)}
+            frame = {**frame, protocol.DATA: text, "seq": last, "seq_first": first}
+            return {"type": "websocket.send", "text": protocol.encode_frame(frame)}
+        return {"type": "websocket.send", "text": encoded(frame)}
 
 
 class Outbox:
@@ -117,7 +136,7 @@ class Outbox:
             return False
         self.backlog += 1
         if not (self._queue and self._queue[-1].merge(frame)):
-            self._queue.append(_Queued(frame, seq=frame.get("seq", -1)))
+            self._queue.append(_Queued(frame))
             self._ready.set()
         return True
 

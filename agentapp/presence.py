@@ -21,10 +21,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from . import protocol
-from .broadcast import PRESENCE_MESSAGE_TYPE, layer_call
+from .broadcast import layer_call
 from .conf import app_settings
+from .messages import PRESENCE_QUERY as QUERY
+from .messages import presence_message, presence_query_message
 
-COUNT, QUERY = "count", "query"
 # A process silent for this many heartbeats is taken as gone.
 EXPIRY_BEATS = 2.5
 # Changes within this many seconds (the answers to a query) make one frame, not one each.
@@ -72,22 +73,10 @@ class ConversationView:
         """Tell the group this process's count (and ask the others for theirs when ``query``)."""
         if self.layer is None:
             return
-        message: dict[str, Any] = {
-            "type": PRESENCE_MESSAGE_TYPE,
-            "event": COUNT,
-            "process": PROCESS_ID,
-            "count": len(self.local),
-            "number": next(_COUNT_NUMBERS),
-        }
+        message: dict[str, Any] = presence_message(PROCESS_ID, len(self.local), next(_COUNT_NUMBERS))
         await layer_call(self.layer.group_send(self.group, message), "group_send")
         if query and self.local:
-            ask = {
-                "type": PRESENCE_MESSAGE_TYPE,
-                "event": QUERY,
-                "process": PROCESS_ID,
-                "id": uuid.uuid4().hex,
-                "reply_to": next(iter(self.local)),
-            }
+            ask = presence_query_message(PROCESS_ID, uuid.uuid4().hex, next(iter(self.local)))
             await layer_call(self.layer.group_send(self.group, ask), "group_send")
 
     async def receive(self, message: dict[str, Any]) -> None:
@@ -119,13 +108,7 @@ class ConversationView:
         self.answered[query_id] = None
         while len(self.answered) > ANSWERED_QUERIES_KEPT:
             self.answered.popitem(last=False)
-        answer = {
-            "type": PRESENCE_MESSAGE_TYPE,
-            "event": COUNT,
-            "process": PROCESS_ID,
-            "count": len(self.local),
-            "number": next(_COUNT_NUMBERS),
-        }
+        answer = presence_message(PROCESS_ID, len(self.local), next(_COUNT_NUMBERS))
         await layer_call(self.layer.send(reply_to, answer), "send")
 
     def start_heartbeat(self) -> None:
@@ -143,9 +126,6 @@ class ConversationView:
         while True:
             # Jitter spreads the heartbeats of processes that joined together.
             await asyncio.sleep(interval * random.uniform(0.8, 1.0))
-            # Joining again renews each connection's membership, which channels-redis drops after ``group_expiry``.
-            for channel in list(self.local):
-                await layer_call(self.layer.group_add(self.group, channel), "group_add")
             await self.publish()
             horizon = time.monotonic() - interval * EXPIRY_BEATS
             gone = [process for process, (_, heard) in self.remote.items() if heard < horizon]

@@ -4,10 +4,10 @@ Server frames are JSON objects with ``type`` and ``conversation_id``; frames ins
 ``run_id`` and ``seq`` (0, 1, 2, ... per run). Strands events keep their ``stream_async`` key as both
 the frame type and the payload key, so ``"data" in frame`` works as it does on the raw event.
 Only the fields listed here leave the server: agent objects, spans, invocation state and exceptions
-never do. ``docs/protocol.md`` describes the same frames for client authors.
+never do. Each server frame type has a TypedDict here (``SERVER_FRAMES``), and ``merge_into`` / ``seq_span`` are
+the one rule for merging text deltas and tool-use updates. ``docs/protocol.md`` describes the same frames for
+client authors; ``agentapp.messages`` types the channel-layer messages that carry them between connections.
 """
-
-from __future__ import annotations
 
 import base64
 import datetime
@@ -18,7 +18,7 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
 
 from .conf import app_settings
 
@@ -49,6 +49,8 @@ INTERRUPT_RESOLVED = "interrupt_resolved"
 PRESENCE = "presence"
 # A user's thumbs up or down on an assistant message, given or changed (outside any run; to every connection).
 FEEDBACK = "feedback"
+# The conversation has a new title (outside any run; to every connection).
+TITLE = "title"
 
 # Client frames.
 CLIENT_PROMPT = "prompt"
@@ -114,6 +116,386 @@ MAX_DECISION_TEXT_CHARS = 4000
 MAX_RESPONSES = 100
 # Ratings a ``feedback`` frame may carry (null takes the user's feedback back).
 RATINGS = ("up", "down")
+
+### Server frames as types ###
+# One TypedDict per server frame type, its docstring saying when the frame is sent; ``docs/protocol.md`` has the
+# details and examples. Frames of a run carry the ``RunEnvelope`` fields, the others ``conversation_id`` only.
+# (This module has no ``from __future__ import annotations``: with it, Python 3.11 takes NotRequired keys for
+# required ones in ``__required_keys__``.)
+
+
+class PublicMessage(TypedDict):
+    """A Strands message on the wire: its role and JSON-safe content blocks."""
+
+    role: str
+    content: list[Any]
+
+
+class ToolUsePayload(TypedDict):
+    """A tool call as the model streams it: ``input`` is the (possibly incomplete) JSON text so far."""
+
+    toolUseId: str
+    name: str
+    input: Any
+
+
+class ToolResultPayload(TypedDict):
+    """A tool's result, with the tool's name added to Strands' ``toolResult`` block."""
+
+    toolUseId: str
+    name: str
+    status: str
+    content: list[Any]
+
+
+class Usage(TypedDict, total=False):
+    """A run's token counts; the cache counts only when the model reports them."""
+
+    inputTokens: int
+    outputTokens: int
+    totalTokens: int
+    cacheReadInputTokens: int
+    cacheWriteInputTokens: int
+
+
+class Metrics(TypedDict):
+    """A run's event-loop cycles and their durations in seconds."""
+
+    cycles: int
+    cycleDurationsS: list[float]
+
+
+class ResultPayload(TypedDict):
+    """Strands' AgentResult on the wire: stop reason, final message, this run's usage and metrics."""
+
+    stop_reason: str
+    message: PublicMessage
+    usage: Usage
+    metrics: Metrics
+
+
+class InterruptPayload(TypedDict):
+    """One tool call waiting for approval (``agentapp.approvals.interrupt_payloads``); answer it by ``id``."""
+
+    id: str
+    name: str
+    tool: str
+    toolUseId: str
+    input: Any
+    reason: Any
+
+
+class HistoryMessage(TypedDict):
+    """A stored message in the ``conversation`` frame; ``partial`` marks text cut short by a cancel or failure."""
+
+    position: int
+    role: str
+    content: list[Any]
+    partial: bool
+    run_id: str | None
+
+
+class ActiveRun(TypedDict):
+    """The run in progress when a connection opens."""
+
+    run_id: str
+    prompt: str
+
+
+class PendingApproval(TypedDict):
+    """The run waiting for approval when a connection opens, with its ``interrupt`` frame's interrupts."""
+
+    run_id: str
+    interrupts: list[InterruptPayload]
+
+
+class FeedbackPayload(TypedDict):
+    """One user's feedback on the assistant message at ``position`` (``rating`` None: taken back)."""
+
+    position: int
+    rating: str | None
+    comment: str
+    user_id: int | None
+    user: str
+    updated: str | None
+
+
+class RunEnvelope(TypedDict):
+    """The fields every frame of a run carries, added by ``RunFrames``: ``seq`` is 0, 1, 2, ... per run."""
+
+    conversation_id: str
+    run_id: str
+    seq: int
+
+
+class ConversationFrame(TypedDict):
+    """Sent once, right after the connection is accepted: the stored history, the role, the run in progress."""
+
+    type: Literal["conversation"]
+    conversation_id: str
+    title: str
+    role: str
+    messages: list[HistoryMessage]
+    active_run: ActiveRun | None
+    pending_approval: PendingApproval | None
+    feedback: list[FeedbackPayload]
+
+
+class RunStartedFrame(RunEnvelope):
+    """The first frame of a run (seq 0), once the run and its prompt are saved; a resume names the run it resumes."""
+
+    type: Literal["run_started"]
+    prompt: str
+    resumes: NotRequired[str]
+    responses: NotRequired[dict[str, dict[str, str]]]
+
+
+class InitEventLoopFrame(RunEnvelope):
+    """Strands' InitEventLoopEvent: the agent invocation begins, once per run."""
+
+    type: Literal["init_event_loop"]
+    init_event_loop: bool
+
+
+class StartFrame(RunEnvelope):
+    """Strands' (deprecated) StartEvent: an event-loop cycle begins."""
+
+    type: Literal["start"]
+    start: bool
+
+
+class StartEventLoopFrame(RunEnvelope):
+    """Strands' StartEventLoopEvent: a cycle starts its model call."""
+
+    type: Literal["start_event_loop"]
+    start_event_loop: bool
+
+
+class DataFrame(RunEnvelope):
+    """A text delta from the model; a frame that merged several carries ``seq_first``, the first one's seq."""
+
+    type: Literal["data"]
+    data: str
+    seq_first: NotRequired[int]
+
+
+class CurrentToolUseFrame(RunEnvelope):
+    """The model streams a tool call; merged updates (group, replay) carry ``seq_first`` of the first."""
+
+    type: Literal["current_tool_use"]
+    current_tool_use: ToolUsePayload
+    seq_first: NotRequired[int]
+
+
+class ReasoningFrame(RunEnvelope):
+    """A reasoning-text delta, from models that stream reasoning."""
+
+    type: Literal["reasoning"]
+    reasoning: bool
+    reasoningText: str
+
+
+class MessageFrame(RunEnvelope):
+    """A complete message added to the conversation: the assistant's after each model call, or tool results."""
+
+    type: Literal["message"]
+    message: PublicMessage
+
+
+class ToolResultFrame(RunEnvelope):
+    """Follows a user-role ``message`` frame, one per toolResult block in it."""
+
+    type: Literal["tool_result"]
+    tool_result: ToolResultPayload
+
+
+class ForceStopFrame(RunEnvelope):
+    """Strands' ForceStopEvent: the event loop stopped on an exception (an error and a failed run follow)."""
+
+    type: Literal["force_stop"]
+    force_stop: bool
+    force_stop_reason: str
+
+
+class ThrottledFrame(RunEnvelope):
+    """Strands' EventLoopThrottleEvent: the model throttled and Strands retries after this many seconds."""
+
+    type: Literal["event_loop_throttled_delay"]
+    event_loop_throttled_delay: float
+
+
+class ResultFrame(RunEnvelope):
+    """Strands' final AgentResult, the frame before ``run_finished`` when the stream ends or is cancelled."""
+
+    type: Literal["result"]
+    result: ResultPayload
+
+
+class InterruptFrame(RunEnvelope):
+    """Tool calls wait for a human's approval; ``run_finished`` with status ``awaiting_approval`` follows."""
+
+    type: Literal["interrupt"]
+    interrupts: list[InterruptPayload]
+
+
+class InterruptResolvedFrame(TypedDict):
+    """Outside any run, to every connection: a wait for approval ended without a new run (a ``cancel``)."""
+
+    type: Literal["interrupt_resolved"]
+    conversation_id: str
+    run_id: str
+    interrupt_ids: list[str]
+    outcome: str
+
+
+class RunFinishedFrame(TypedDict):
+    """The last frame of every run that started; without ``seq`` (and with ``error``) when a dead run is ended."""
+
+    type: Literal["run_finished"]
+    conversation_id: str
+    run_id: str
+    seq: NotRequired[int]
+    status: str
+    stop_reason: str
+    error: NotRequired[str]
+
+
+class ErrorFrame(TypedDict):
+    """A refusal or failure (``code``, ``message``): inside a run with its envelope, else answering one frame."""
+
+    type: Literal["error"]
+    conversation_id: str | None
+    code: str
+    message: str
+    run_id: NotRequired[str]
+    seq: NotRequired[int]
+    resets_at: NotRequired[str]
+
+
+class PresenceFrame(TypedDict):
+    """Outside any run, only to connections that ask: how many connections watch the conversation now."""
+
+    type: Literal["presence"]
+    conversation_id: str
+    watchers: int
+
+
+class TitleFrame(TypedDict):
+    """Outside any run, to every connection: the conversation was renamed or titled by the generator."""
+
+    type: Literal["title"]
+    conversation_id: str
+    title: str
+
+
+class FeedbackFrame(TypedDict):
+    """Outside any run, to every connection: a user gave, changed or took back feedback on an answer."""
+
+    type: Literal["feedback"]
+    conversation_id: str
+    feedback: FeedbackPayload
+
+
+Frame = (
+    ConversationFrame
+    | RunStartedFrame
+    | InitEventLoopFrame
+    | StartFrame
+    | StartEventLoopFrame
+    | DataFrame
+    | CurrentToolUseFrame
+    | ReasoningFrame
+    | MessageFrame
+    | ToolResultFrame
+    | ForceStopFrame
+    | ThrottledFrame
+    | ResultFrame
+    | InterruptFrame
+    | InterruptResolvedFrame
+    | RunFinishedFrame
+    | ErrorFrame
+    | PresenceFrame
+    | TitleFrame
+    | FeedbackFrame
+)
+
+# Each server frame type and its TypedDict.
+SERVER_FRAMES: dict[str, type] = {
+    CONVERSATION: ConversationFrame,
+    RUN_STARTED: RunStartedFrame,
+    INIT_EVENT_LOOP: InitEventLoopFrame,
+    START: StartFrame,
+    START_EVENT_LOOP: StartEventLoopFrame,
+    DATA: DataFrame,
+    CURRENT_TOOL_USE: CurrentToolUseFrame,
+    REASONING: ReasoningFrame,
+    MESSAGE: MessageFrame,
+    TOOL_RESULT: ToolResultFrame,
+    FORCE_STOP: ForceStopFrame,
+    THROTTLED: ThrottledFrame,
+    RESULT: ResultFrame,
+    INTERRUPT: InterruptFrame,
+    INTERRUPT_RESOLVED: InterruptResolvedFrame,
+    RUN_FINISHED: RunFinishedFrame,
+    ERROR: ErrorFrame,
+    PRESENCE: PresenceFrame,
+    TITLE: TitleFrame,
+    FEEDBACK: FeedbackFrame,
+}
+
+
+### Merging: one rule for the socket outbox, the group broadcast and the run log ###
+
+
+def seq_span(frame: Mapping[str, Any]) -> tuple[int, int]:
+    """The seqs a run frame covers, first and last: ``seq_first``..``seq`` for a merged frame, else ``seq`` twice."""
+    last = frame["seq"]
+    return frame.get("seq_first", last), last
+
+
+def continues(previous: Mapping[str, Any], frame: Mapping[str, Any], tool_uses: bool = True) -> bool:
+    """Whether ``frame`` merges into ``previous``: it starts right after it in the same run, and both are text
+    deltas or (when ``tool_uses``) ``current_tool_use`` updates of one tool use."""
+    kind = frame["type"]
+    if kind != previous["type"] or frame.get("run_id") != previous.get("run_id"):
+        return False
+    if kind == CURRENT_TOOL_USE:
+        if not tool_uses or frame[CURRENT_TOOL_USE]["toolUseId"] != previous[CURRENT_TOOL_USE]["toolUseId"]:
+            return False
+    elif kind != DATA:
+        return False
+    return seq_span(frame)[0] == previous["seq"] + 1
+
+
+def merge_start(frame: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``frame`` that later frames may merge into; a ``data`` frame gets its ``seq_first``."""
+    return dict(frame, seq_first=seq_span(frame)[0]) if frame["type"] == DATA else dict(frame)
+
+
+def merge_into(
+    previous: dict[str, Any], frame: Mapping[str, Any], tool_uses: bool = True, max_chars: int | None = None
+) -> bool:
+    """Merge ``frame`` into ``previous`` in place if it ``continues`` it; False (nothing changed) if not.
+
+    Text is appended and ``seq`` becomes the frame's; a tool-use update replaces the fields of ``previous``.
+    Either way ``seq_first`` stays where ``previous`` began. ``max_chars``: text holding that many characters
+    takes no more.
+    """
+    if not continues(previous, frame, tool_uses):
+        return False
+    first = seq_span(previous)[0]
+    if frame["type"] == DATA:
+        if max_chars is not None and len(previous[DATA]) >= max_chars:
+            return False
+        previous.setdefault("seq_first", first)
+        previous[DATA] += frame[DATA]
+        previous["seq"] = frame["seq"]
+    else:
+        previous.clear()
+        previous.update(frame)
+        previous["seq_first"] = first
+    return True
+
 
 ### JSON safety ###
 
@@ -187,7 +569,7 @@ def from_storable(value: Any) -> Any:
 ### Server frames from Strands events ###
 
 
-def public_message(message: Mapping[str, Any]) -> dict[str, Any]:
+def public_message(message: Mapping[str, Any]) -> PublicMessage:
     """The wire form of a Strands message: role and JSON-safe content blocks only."""
     return {"role": str(message.get("role", "")), "content": json_safe(list(message.get("content") or []))}
 
@@ -201,7 +583,7 @@ def tool_results_in(message: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
             yield block["toolResult"]
 
 
-def _public_tool_use(tool_use: Mapping[str, Any]) -> dict[str, Any]:
+def _public_tool_use(tool_use: Mapping[str, Any]) -> ToolUsePayload:
     return {
         "toolUseId": str(tool_use.get("toolUseId", "")),
         "name": str(tool_use.get("name", "")),
@@ -209,13 +591,13 @@ def _public_tool_use(tool_use: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _usage(usage: Mapping[str, Any] | None) -> dict[str, int]:
+def _usage(usage: Mapping[str, Any] | None) -> Usage:
     usage = usage or {}
     keys = ("inputTokens", "outputTokens", "totalTokens", "cacheReadInputTokens", "cacheWriteInputTokens")
     return {key: int(usage[key]) for key in keys if isinstance(usage.get(key), (int, float))}
 
 
-def result_payload(result: Any) -> dict[str, Any]:
+def result_payload(result: Any) -> ResultPayload:
     """The wire form of an AgentResult: stop reason, final message, this run's usage and metrics."""
     metrics = getattr(result, "metrics", None)
     invocation = getattr(metrics, "latest_agent_invocation", None)
@@ -233,8 +615,18 @@ def result_payload(result: Any) -> dict[str, Any]:
     }
 
 
-def payloads_for_event(event: Mapping[str, Any], tool_names: Mapping[str, str]) -> Iterator[dict[str, Any]]:
-    """Translate one stream_async event into zero or more frame payloads (without envelope fields)."""
+def payloads_for_event(event: Mapping[str, Any], tool_names: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Translate one stream_async event into zero or more frame payloads (frames without the ``RunEnvelope``)."""
+    # Most events are a text delta or the raw model chunk that comes with it: both answered at the cost of a lookup.
+    text = event.get(DATA)
+    if type(text) is str:
+        return [{"type": DATA, DATA: text}]
+    if len(event) == 1 and "event" in event:
+        return []
+    return list(_other_payloads(event, tool_names))
+
+
+def _other_payloads(event: Mapping[str, Any], tool_names: Mapping[str, str]) -> Iterator[dict[str, Any]]:
     if event.get(INIT_EVENT_LOOP):
         yield {"type": INIT_EVENT_LOOP, INIT_EVENT_LOOP: True}
     elif event.get(START_EVENT_LOOP):
@@ -280,14 +672,14 @@ class RunFrames:
     run_id: str
     seq: int = 0
 
-    def frame(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def frame(self, payload: dict[str, Any]) -> Frame:
         """Stamp a payload with this run's ids and the next seq."""
-        framed = {**payload, "conversation_id": self.conversation_id, "run_id": self.run_id, "seq": self.seq}
+        framed: Any = {**payload, "conversation_id": self.conversation_id, "run_id": self.run_id, "seq": self.seq}
         self.seq += 1
         return framed
 
 
-def error_frame(conversation_id: str | None, code: str, message: str) -> dict[str, Any]:
+def error_frame(conversation_id: str | None, code: str, message: str) -> ErrorFrame:
     """An ``error`` frame outside any run."""
     return {"type": ERROR, "conversation_id": conversation_id, "code": code, "message": message}
 

@@ -13,13 +13,12 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from . import leases, quotas, usage
-from .conf import app_settings
+from . import heartbeat, leases, quotas, usage
+from .dbwork import db_call
 from .history import INTERRUPTED_TOOL_TEXT, UNANSWERED_NOTE, asks, error_results_for, orphan_tool_uses
 from .models import Conversation, Message, Run
 from .protocol import STATUS_AWAITING_APPROVAL, STATUS_FAILED, from_storable, tool_results_in
@@ -246,9 +245,10 @@ def finish_run(run_id: Any, conversation_id: Any, outcome: Mapping[str, Any]) ->
 class RunRecorder:
     """Follows one run's events and writes them in order from a background writer task.
 
-    While the run streams, a ticker saves the assistant text so far every ``PARTIAL_SAVE_SECONDS`` (one row,
-    overwritten, then replaced by the complete message) and renews the run's lease: statements follow time and
-    messages, never tokens. A write that fails is reported through ``on_trouble``, and the run is then failed.
+    While the run streams, the process's ticker (agentapp.heartbeat) saves the assistant text so far every
+    ``PARTIAL_SAVE_SECONDS`` (one row, overwritten, then replaced by the complete message) and renews the run's lease:
+    statements follow time and messages, never tokens. A write that fails is reported through ``on_trouble``, and the
+    run is then failed.
     """
 
     def __init__(
@@ -276,17 +276,18 @@ class RunRecorder:
         self._position = 0
         self._queue: asyncio.Queue[Callable[[], None] | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-        self._ticker: asyncio.Task[None] | None = None
+        self._writing = False  # the writer took writes from the queue and has not finished their hop yet
+        self._beat: asyncio.Event | None = None  # set once the last tick's hop that included this run ended
+        self._beating = False  # registered with the ticker
         self._started_at = time.monotonic()
         self.failed_writes = 0
-        # Set (from the database thread) when another process ended this run as dead: its lease was lost.
+        # Set when the ticker found that another process ended this run as dead: its lease was lost.
         self.lease_lost = False
         # Called on the event loop when a write failed or the lease was lost; the run stops and fails.
         self.on_trouble: Callable[[str], None] | None = None
         self._draft = False  # a row at ``_position`` holds the streamed text of the message in progress
         self._text_version = 0  # deltas noted so far
         self._saved_version = 0  # deltas saved in the draft row
-        self._renewed_at = time.monotonic()
         # Runs of the conversation whose process died, ended when this one was stored (to be announced).
         self.ended_dead: list[str] = []
 
@@ -319,9 +320,10 @@ class RunRecorder:
             self.ended_dead = ended
             return prepared, position
 
-        prepared, self._position = await database_sync_to_async(begin)()
+        prepared, self._position = await db_call(begin)()
         self._writer = asyncio.create_task(self._drain(), name=f"agentapp-recorder-{self.run_id}")
-        self._ticker = asyncio.create_task(self._tick(), name=f"agentapp-ticker-{self.run_id}")
+        heartbeat.register(self)
+        self._beating = True
         return prepared
 
     def seed(self, message: Mapping[str, Any]) -> None:
@@ -381,48 +383,62 @@ class RunRecorder:
             lambda: write_message(self.conversation_id, self.run_id, position, message, partial, calls, replace)
         )
 
-    ### While it streams: the text so far and the lease ###
+    ### While it streams: the text so far and the lease (agentapp.heartbeat) ###
 
-    async def _tick(self) -> None:
-        interval = min(app_settings.PARTIAL_SAVE_SECONDS, leases.renew_every())
-        while True:
-            await asyncio.sleep(interval)
-            self._save_draft()
-            if time.monotonic() - self._renewed_at >= leases.renew_every():
-                self._renewed_at = time.monotonic()
-                self._queue.put_nowait(self._renew)
+    def beat(self, done: asyncio.Event, renewing: bool) -> Callable[[], None] | None:
+        """A tick of the process's ticker: the save of the text streamed since the last one, to run in its hop.
 
-    def _save_draft(self) -> None:
-        """Queue a save of the assistant text streamed since the last save, in the row its message will replace."""
+        When the writer has writes waiting or under way, the save is queued behind them instead, so the rows of this
+        run are always written in order. The writer's next hop waits for ``done`` (the end of the ticker's hop) when
+        that hop saves this run's text or renews its lease (``renewing``): no write, nor the outcome, overtakes it.
+        """
+        draft = self._draft_write()
+        if draft is not None and (self._writing or not self._queue.empty()):
+            self._queue.put_nowait(draft)
+            draft = None
+        if draft is not None or renewing:
+            self._beat = done
+        return draft
+
+    def beaten(self, lost: bool, failed: bool) -> None:
+        """How the ticker's hop went for this run: a failed write or a lost lease stops the run (``on_trouble``)."""
+        if failed:
+            self.failed_writes += 1
+            self._trouble("A part of the run could not be saved.")
+        elif lost:
+            self.lease_lost = True
+            self._trouble("Another server ended this run as stopped.")
+
+    def _draft_write(self) -> Callable[[], None] | None:
+        """The save of the assistant text streamed since the last save, in the row its message will replace."""
         if self._saved_version == self._text_version or not self.pending_text:
-            return
+            return None
         self._saved_version = self._text_version
         message = {"role": "assistant", "content": [{"text": "".join(self.pending_text)}]}
         position, replace, self._draft = self._position, self._draft, True
-        self._queue.put_nowait(
-            lambda: write_message(self.conversation_id, self.run_id, position, message, True, {}, replace)
-        )
-
-    def _renew(self) -> None:
-        if not leases.renew(self.run_id):
-            self.lease_lost = True
+        return lambda: write_message(self.conversation_id, self.run_id, position, message, True, {}, replace)
 
     ### The writer ###
 
     async def _drain(self) -> None:
-        """Run the queued writes in order, all those waiting in one hop to the database thread."""
+        """Run the queued writes in order, all those waiting in one hop to the database thread.
+
+        A hop waits for the ticker's hop that holds this run's text saved before (``beat``), never overtaking it.
+        """
         while True:
             jobs = [await self._queue.get()]
+            self._writing = True
             while not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
             writes = [job for job in jobs if job is not None]
             if writes:
+                while self._beat is not None and not self._beat.is_set():
+                    await self._beat.wait()
                 failed = self.failed_writes
-                await database_sync_to_async(self._write_all)(writes)
+                await db_call(self._write_all)(writes)
                 if self.failed_writes > failed:
                     self._trouble("A part of the run could not be saved.")
-                elif self.lease_lost:
-                    self._trouble("Another server ended this run as stopped.")
+            self._writing = False
             if len(writes) < len(jobs):
                 return
 
@@ -435,7 +451,7 @@ class RunRecorder:
             try:
                 write()
             except Exception:
-                self.failed_writes += 1
+                self.failed_writes += 1  # read by a later write of the same hop: the outcome's
                 logger.exception("agentapp: could not save a message of run %s", self.run_id)
 
     async def finish(self, outcome: dict[str, Any]) -> None:
@@ -443,8 +459,9 @@ class RunRecorder:
 
         Waits for every write; a write that failed on the way turns the outcome into ``failed``.
         """
-        if self._ticker is not None:
-            self._ticker.cancel()
+        if self._beating:
+            heartbeat.unregister(self)
+            self._beating = False
         if self.pending_text:
             self._enqueue_message({"role": "assistant", "content": [{"text": "".join(self.pending_text)}]}, True)
             self.pending_text = []

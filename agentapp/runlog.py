@@ -46,25 +46,17 @@ class RunLog:
             self._text_at[frame["seq"]] = self._text_total
 
     def append(self, frame: dict[str, Any]) -> None:
-        """Add a frame as broadcast (``data`` frames carry ``seq_first``); the caller's dict is not kept."""
-        last = self.frames[-1] if self.frames else None
-        index = len(self.frames) - 1
-        if frame["type"] == protocol.DATA:
-            if last is not None and last["type"] == protocol.DATA and len(last[protocol.DATA]) < MAX_MERGED_CHARS:
-                last[protocol.DATA] += frame[protocol.DATA]
-                last["seq"] = frame["seq"]
-                self._ends[index].append((frame["seq"], len(last[protocol.DATA])))
-                return
-            self.frames.append(dict(frame, seq_first=frame.get("seq_first", frame["seq"])))
-            self._ends[index + 1] = [(frame["seq"], len(frame[protocol.DATA]))]
-        elif (
-            last is not None
-            and last["type"] == frame["type"] == protocol.CURRENT_TOOL_USE
-            and last[protocol.CURRENT_TOOL_USE]["toolUseId"] == frame[protocol.CURRENT_TOOL_USE]["toolUseId"]
-        ):
-            self.frames[-1] = dict(frame, seq_first=last.get("seq_first", last["seq"]))
+        """Add a frame as broadcast (``data`` frames carry ``seq_first``); the caller's dict is not kept.
+
+        It merges by ``protocol.merge_into``, as the broadcast does, but text only up to ``MAX_MERGED_CHARS``.
+        """
+        if self.frames and protocol.merge_into(self.frames[-1], frame, max_chars=MAX_MERGED_CHARS):
+            if frame["type"] == protocol.DATA:
+                self._ends[len(self.frames) - 1].append((frame["seq"], len(self.frames[-1][protocol.DATA])))
         else:
-            self.frames.append(dict(frame))
+            self.frames.append(protocol.merge_start(frame))
+            if frame["type"] == protocol.DATA:
+                self._ends[len(self.frames) - 1] = [(frame["seq"], len(frame[protocol.DATA]))]
         if frame["type"] == protocol.RUN_FINISHED:
             self.finished = True
 
@@ -77,9 +69,10 @@ class RunLog:
         """Every logged frame past ``seq`` (the end of a broadcast frame); a merged delta is cut there."""
         selected = []
         for index, frame in enumerate(self.frames):
-            if frame["seq"] <= seq:
+            first, last = protocol.seq_span(frame)
+            if last <= seq:
                 continue
-            if frame["type"] == protocol.DATA and frame["seq_first"] <= seq:
+            if frame["type"] == protocol.DATA and first <= seq:
                 chars = max((length for end, length in self._ends[index] if end <= seq), default=0)
                 frame = self.cut(frame, seq) or dict(frame, data=frame[protocol.DATA][chars:], seq_first=seq + 1)
             selected.append(dict(frame))

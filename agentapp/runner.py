@@ -117,14 +117,15 @@ class AgentRun:
             raise AgentUnavailable("The run could not be stored.") from exc
         if prepared is not None:
             self.agent = prepared
-        if self.announce_dead is not None:
-            for run_id in self.recorder.ended_dead:
-                await self.announce_dead(run_id)
         tracing.tag_run(self.agent, self.conversation_id, self.run_id, self.user_id)  # spans name the run
         outcome: dict[str, Any] = {}
         timer = asyncio.get_running_loop().call_later(time_limit, self._time_out, time_limit)
         stream = None
         try:
+            # Inside the try: the run is stored now, and whatever happens next, it is finished and saved.
+            if self.announce_dead is not None:
+                for run_id in self.recorder.ended_dead:
+                    await self.announce_dead(run_id)
             await self._send(self._started())
             stream = self.agent.stream_async(self._input(), cancel_signal=self.cancel_signal)
             async for event in stream:

@@ -99,7 +99,8 @@ class DjangoSessionRepository(SessionRepository):
     """Strands sessions stored as agentapp rows: a session is a Conversation, a message a Message at its position.
 
     Messages carry no agent id, so every agent id reads and writes the conversation's one list of messages
-    (one agent per conversation), the same list the WebSocket path writes. Agent state lives in AgentState.
+    (one agent per conversation), the same list the WebSocket path writes. Agent state lives in AgentState, which
+    the WebSocket path writes too (``preparing.Memory``): an agent here continues the memory of the prompts there.
     Only role and content are stored: a message's ``tracking_id`` and ``metadata`` are not kept.
     Runs of this path write no Run row, so they do not take the conversation's busy lock.
     """

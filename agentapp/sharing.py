@@ -14,7 +14,8 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from .broadcast import ACCESS_MESSAGE_TYPE, DELETED_MESSAGE_TYPE, tell_group_on_commit
+from .broadcast import tell_group_on_commit
+from .messages import access_message, deleted_message
 from .models import Conversation, ConversationMember
 from .storable import storable_text
 
@@ -87,10 +88,9 @@ def unshare(conversation: Conversation, user_id: int) -> bool:
 
 def announce_role(conversation_id: Any, user_id: Any, role: str | None) -> None:
     """After the transaction commits, tell the conversation's connections the user's new role (None: removed)."""
-    message = {"type": ACCESS_MESSAGE_TYPE, "user_id": user_id, "role": role}
-    tell_group_on_commit(conversation_id, message, "a role change")
+    tell_group_on_commit(conversation_id, access_message(user_id, role), "a role change")
 
 
 def announce_deleted(conversation_id: Any) -> None:
     """After the transaction commits, tell the conversation's connections that it is gone (they close, 4404)."""
-    tell_group_on_commit(conversation_id, {"type": DELETED_MESSAGE_TYPE}, "its deletion")
+    tell_group_on_commit(conversation_id, deleted_message(), "its deletion")

@@ -19,8 +19,10 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from . import protocol
 from .broadcast import tell_group
 from .conf import app_settings
+from .messages import title_message
 from .models import Conversation, Message, Run
 from .recorder import TITLE_CHARS
 from .storable import storable_text
@@ -28,8 +30,7 @@ from .storable import storable_text
 logger = logging.getLogger(__name__)
 
 TITLE_MAX_CHARS: int = Conversation._meta.get_field("title").max_length  # type: ignore[assignment]
-TITLE_MESSAGE_TYPE = "agentapp.title"  # to the group: the conversation has a new title
-TITLE = "title"  # the frame a connection gets for it: {"type": "title", "conversation_id", "title"}
+TITLE = protocol.TITLE  # the frame a connection gets for a new title: {"type": "title", "conversation_id", "title"}
 ERR_INVALID_TITLE = "invalid_title"
 # Words of the prompt the offline generator keeps.
 OFFLINE_TITLE_WORDS = 6
@@ -85,7 +86,7 @@ def rename(conversation: Conversation, title: str) -> None:
 
 async def announce(conversation_id: Any, title: str) -> None:
     """Send the new title to the conversation's group; a layer that fails is logged (the title is saved anyway)."""
-    message = {"type": TITLE_MESSAGE_TYPE, "frame": title_frame(conversation_id, title)}
+    message = title_message(title_frame(conversation_id, title))
     await tell_group(conversation_id, message, "a new title")
 
 

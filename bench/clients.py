@@ -29,13 +29,16 @@ class Timing:
     """One answer as a client saw it: seconds from the prompt to the end and to the first text, and what came.
 
     ``arrivals`` holds one receive time (``time.perf_counter``) per token, ``delays`` one emit-to-receive time
-    in seconds per token of a stamped server (see ``bench/stamped.py``).
+    in seconds per token of a stamped server (see ``bench/stamped.py``). ``frames`` counts every frame (or body
+    chunk read) of the answer, ``data_frames`` those that carried text.
     """
 
     elapsed: float = 0.0
     first_token: float | None = None
     tokens: int = 0
     chars: int = 0
+    frames: int = 0
+    data_frames: int = 0
     status: str = ""
     error: str = ""
     arrivals: list[float] = field(default_factory=list)
@@ -44,6 +47,10 @@ class Timing:
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.elapsed if self.elapsed else 0.0
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.elapsed if self.elapsed else 0.0
 
 
 ### (a) in process ###
@@ -61,6 +68,8 @@ async def in_process(prompt: str, timeout: float, agent: Agent | None = None, ke
                 if timing.first_token is None:
                     timing.first_token = now - start
                 timing.tokens += 1
+                timing.frames += 1
+                timing.data_frames += 1
                 timing.chars += len(event["data"])
                 if keep_arrivals:
                     timing.arrivals.append(now)
@@ -77,17 +86,27 @@ def http_client() -> httpx.AsyncClient:
 
 
 async def http_stream(client: httpx.AsyncClient, url: str, prompt: str, timeout: float) -> Timing:
-    """POST the prompt and read the streamed body; tokens are not visible in a byte stream, only characters."""
+    """POST the prompt and read the streamed body; tokens are not visible in a byte stream, only characters.
+
+    ``frames`` counts the body chunks as the client read them (one per HTTP chunk unless several arrived in one
+    read, or one was split over two).
+    """
     timing = Timing()
+    body: list[bytes] = []
     async with asyncio.timeout(timeout):
         start = time.perf_counter()
         async with client.stream("POST", url, content=prompt.encode("utf-8")) as response:
             response.raise_for_status()
-            async for chunk in response.aiter_text():
-                if timing.first_token is None and chunk:
+            async for chunk in response.aiter_raw():
+                if not chunk:
+                    continue
+                if timing.first_token is None:
                     timing.first_token = time.perf_counter() - start
-                timing.chars += len(chunk)
+                timing.frames += 1
+                body.append(chunk)
         timing.elapsed = time.perf_counter() - start
+    timing.data_frames = timing.frames
+    timing.chars = len(b"".join(body).decode("utf-8"))
     timing.status = "completed"
     return timing
 
@@ -113,21 +132,35 @@ async def open_socket(url: str, cookie: str | None = None, origin: str | None = 
     )
 
 
-async def bare_stream(socket: ClientConnection, prompt: str, timeout: float) -> Timing:
-    """Send the prompt to the bare consumer and count text frames until its binary done frame."""
+async def bare_stream(
+    socket: ClientConnection, prompt: str, timeout: float, merged: bool = False, keep_arrivals: bool = False
+) -> Timing:
+    """Send the prompt to the bare consumer and count text frames until its binary done frame.
+
+    ``merged``: the socket was opened with ``?merge=1``, each frame is ``"<deltas>\n<text>"``.
+    """
     timing = Timing()
     async with asyncio.timeout(timeout):
         start = time.perf_counter()
         await socket.send(prompt)
         for _ in range(MAX_FRAMES):
             message = await socket.recv()
+            timing.frames += 1
             if isinstance(message, bytes):
                 timing.status = "completed"
                 break
+            now = time.perf_counter()
             if timing.first_token is None:
-                timing.first_token = time.perf_counter() - start
-            timing.tokens += 1
+                timing.first_token = now - start
+            tokens = 1
+            if merged:
+                count, _, message = message.partition("\n")
+                tokens = int(count)
+            timing.tokens += tokens
+            timing.data_frames += 1
             timing.chars += len(message)
+            if keep_arrivals:
+                timing.arrivals.extend([now] * tokens)
         timing.elapsed = time.perf_counter() - start
     return timing
 
@@ -192,8 +225,10 @@ async def agentapp_stream(
             raw = await socket.recv()
             now, received = time.perf_counter(), time.monotonic()
             frame: dict[str, Any] = json.loads(raw)
+            timing.frames += 1
             kind = frame.get("type")
             if kind == "data":
+                timing.data_frames += 1
                 if timing.first_token is None:
                     timing.first_token = now - start
                     if stop_at_first:

@@ -5,8 +5,10 @@ model writes each token's emit time as its text (``bench/stamped.py``), so the h
 of each token, model emit to client receive. Also reported: inter-token gaps against the ideal 20 ms;
 lateness, the k-th token's arrival minus when an unhindered model would have produced it (prompt sent +
 (k+1) x 20 ms), which includes starting the run and the model's own slowdown; time to the first token;
-throughput; errors; server RSS with 0 and N idle sockets and while streaming. Before the servers of each N,
-baseline (a) runs N plain agents at once in the harness process, for the lateness Strands alone has.
+throughput; errors; server RSS with 0 and N idle sockets and while streaming; server CPU per token. Before the
+servers of each N, baseline (a) runs N plain agents at once in the harness process, for the lateness Strands alone
+has, and the bare consumer (``bench/bare_consumer.py``, merged as agentapp's outbox merges, the model paced the
+same) streams the N answers from a daphne process of its own, for the server CPU per token of a bare consumer.
 """
 
 from __future__ import annotations
@@ -123,6 +125,63 @@ async def measure_baseline(n: int, log: Callable[[str], None]) -> dict[str, Any]
     }
 
 
+async def measure_bare(pool: ServerPool, n: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The bare consumer's anchor: N merged sockets on a paced bare server, one prompt each at once."""
+    name = f"bare-paced-{n}"
+    (server,) = pool.get(name)
+    url = server.url.replace("http://", "ws://", 1) + "/?merge=1"
+    try:
+        meter = CpuMeter(server.pid)
+        warm = await clients.open_socket(url)
+        try:
+            await clients.bare_stream(warm, HELLO_PROMPT, 30, merged=True)
+        finally:
+            await warm.close()
+        limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+        async def one() -> Any:
+            async with limit:
+                return await clients.open_socket(url)
+
+        opened = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+        sockets = [item for item in opened if not isinstance(item, BaseException)]
+        errors = [f"connect: {type(item).__name__}: {item}" for item in opened if isinstance(item, BaseException)]
+        client = CpuMeter()
+        cpu_before, client_before = meter.read(), client.read()
+        start = time.perf_counter()
+        try:
+            outcomes = await asyncio.gather(
+                *(
+                    clients.bare_stream(socket, PROMPT, _timeout(n), merged=True, keep_arrivals=True)
+                    for socket in sockets
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            elapsed = time.perf_counter() - start
+            await asyncio.gather(*(socket.close() for socket in sockets), return_exceptions=True)
+        cpu, client_cpu = meter.read() - cpu_before, client.read() - client_before
+    finally:
+        pool.stop(name)
+    timings, stream_errors = _outcomes(outcomes, stamped=False)
+    errors += stream_errors
+    tokens = sum(timing.tokens for timing in timings)
+    log(f"concurrency: bare consumer N={n} done at {time.strftime('%H:%M:%S')}")
+    return {
+        "n": n,
+        "server_name": name,
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        **_stream_figures(timings),
+        "elapsed_s": elapsed,
+        "ideal_s": TOKENS / TOKENS_PER_SECOND,
+        "frames": sum(timing.data_frames for timing in timings),
+        "server_cpu_s": cpu,
+        "client_cpu_s": client_cpu,
+        "server_cpu_us_per_token": cpu / tokens * 1e6 if tokens else float("nan"),
+    }
+
+
 async def measure_one(pool: ServerPool, layer: str, n: int, log: Callable[[str], None]) -> dict[str, Any]:
     """Start a paced server, open N conversations, stream one answer on each at once, stop the server."""
     name = f"agentapp-paced-{layer}-{n}"
@@ -185,6 +244,8 @@ async def measure_one(pool: ServerPool, layer: str, n: int, log: Callable[[str],
         "gap_p99_ms": percentile(gaps, 99) * 1000,
         "server_cpu_s": cpu,
         "client_cpu_s": client_cpu,
+        "server_cpu_us_per_token": cpu / tokens * 1e6 if tokens else float("nan"),
+        "frames": sum(timing.data_frames for timing in timings),
         "rss_zero_mb": rss_zero / 2**20,
         "rss_idle_mb": rss_idle / 2**20,
         "rss_streaming_max_mb": max(samples, default=rss_idle) / 2**20,
@@ -194,11 +255,13 @@ async def measure_one(pool: ServerPool, layer: str, n: int, log: Callable[[str],
 
 
 async def measure(pool: ServerPool, layers: list[str], counts: list[int], log: Callable[[str], None]) -> dict[str, Any]:
-    """For each N: the in-process baseline, then each layer in turn, each on its own server."""
+    """For each N: the in-process baseline, the bare consumer, then each layer in turn, each on its own server."""
     baselines = []
+    bare = []
     results = []
     for n in counts:
         baselines.append(await measure_baseline(n, log))
+        bare.append(await measure_bare(pool, n, log))
         for layer in layers:
             results.append(await measure_one(pool, layer, n, log))
             log(f"concurrency: {layer} N={n} done at {time.strftime('%H:%M:%S')}")
@@ -207,5 +270,6 @@ async def measure(pool: ServerPool, layers: list[str], counts: list[int], log: C
         "tokens": TOKENS,
         "prompt": PROMPT,
         "baselines": baselines,
+        "bare": bare,
         "results": results,
     }

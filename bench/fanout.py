@@ -1,17 +1,21 @@
-"""Benchmark 5 (benchmark 3 of the benchmark issue): one run watched by M sockets over two daphne processes.
+"""Benchmark 5 (benchmark 3 of the benchmark issue): one run watched by M sockets over several daphne processes.
 
-Two paced daphne processes (offline model at 50 tokens/s) share one PostgreSQL database and one Redis server
-of the harness's own, so that Redis's ``INFO commandstats`` counts agentapp's calls and nobody else's. M
-watchers open the conversation (half on each process) before one more socket, the origin, on process 1 sends
-the prompt. Delivery latency of a frame = when a watcher received it minus when the origin received the frame
-that carried the same ``seq`` (a watcher's merged ``data`` frame is matched by its last ``seq``), on one clock.
+Two (four for the widest case) paced daphne processes (offline model at 50 tokens/s) share one PostgreSQL
+database and one Redis server of the harness's own, so that Redis's ``INFO commandstats`` counts agentapp's calls
+and nobody else's. M watchers open the conversation (spread evenly over the processes) before one more socket,
+the origin, on process 1 sends the prompt. The bare anchor (``bench/fanout_bare.py``) streams to as many watchers
+with one ``group_send`` per window. Delivery latency of a frame = when a watcher received it minus when the
+origin received the frame that carried the same ``seq`` (a watcher's merged ``data`` frame is matched by its last
+``seq``), on one clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import math
 import resource
 import time
 from collections.abc import Callable
@@ -90,6 +94,7 @@ class Seen:
     arrivals: dict[int, float] = field(default_factory=dict)
     reached: dict[int, float] = field(default_factory=dict)
     covered: list[int] = field(default_factory=list)
+    frames: int = 0  # every frame read during the run, run frames or not
     tokens: int = 0
     status: str = ""
     error: str = ""
@@ -118,6 +123,7 @@ async def read_run(socket: Any, deadline: float) -> Seen:
             for _ in range(MAX_FRAMES):
                 raw = await socket.recv()
                 now = time.perf_counter()
+                seen.frames += 1
                 frame: dict[str, Any] = json.loads(raw)
                 seq = frame.get("seq")
                 if not isinstance(seq, int):
@@ -205,6 +211,12 @@ def _check(origin: Seen, watchers: list[Seen], on: list[int]) -> tuple[list[list
     return latencies, errors, missing
 
 
+def per_watcher_frame(cpu: list[float], outcomes: list[Seen]) -> dict[str, Any]:
+    """Frames the watchers read, and the servers' CPU (all processes) per watcher-frame in microseconds."""
+    frames = sum(seen.frames for seen in outcomes)
+    return {"watcher_frames": frames, "cpu_us_per_watcher_frame": sum(cpu) / frames * 1e6 if frames else math.nan}
+
+
 async def measure_one(
     servers: list[Server],
     redis_client: redis.Redis,
@@ -276,6 +288,7 @@ async def measure_one(
         "settle_s": settle_s,
         "server_cpu_s": cpu,
         "client_cpu_s": client_cpu,
+        **per_watcher_frame(cpu, outcomes),
         "redis_calls": sum(calls for calls, _ in run_stats.values()),
         "redis_usec": sum(usec for _, usec in run_stats.values()),
         "redis_by_command": {name: calls for name, (calls, _) in run_stats.items()},
@@ -285,35 +298,82 @@ async def measure_one(
     }
 
 
-async def measure(pool: ServerPool, layers: list[str], counts: list[int], log: Callable[[str], None]) -> dict[str, Any]:
-    """For each channel-layer backend, two fresh daphne processes; each M in turn on a new conversation."""
-    open_files = raise_open_files(2 * max(counts, default=0) + 1024)
+def _log_item(log: Callable[[str], None], item: dict[str, Any], what: str) -> None:
+    log(
+        f"fanout: {what} {item['layer']} M={item['m']} over {item['processes']} done at {time.strftime('%H:%M:%S')}: "
+        f"p50/p99 {item['latency_p50_ms']:.1f}/{item['latency_p99_ms']:.1f} ms, "
+        f"{item['finished']}/{item['m']} finished, {item['errors']} errors, "
+        f"connect {item['connect_s']:.1f} s, settle {item['settle_s']:.1f} s"
+    )
+
+
+async def _cluster(
+    pool: ServerPool,
+    names: list[str],
+    counts: list[int],
+    one: Callable[[list[Server], int], Any],
+    log: Callable[[str], None],
+    what: str,
+) -> list[dict[str, Any]]:
+    """Start the named processes not running yet, measure each M in turn with ``one(servers, m)``."""
+    servers = pool.get(*names)
+    items = []
+    for m in counts:
+        item = await one(servers, m)
+        item.update(servers=names, processes=len(names))
+        items.append(item)
+        _log_item(log, item, what)
+        with contextlib.suppress(Exception):
+            await wait_quiet([CpuMeter(server.pid) for server in servers])
+    return items
+
+
+async def measure(
+    pool: ServerPool,
+    layers: list[str],
+    counts: list[int],
+    log: Callable[[str], None],
+    bare_layers: tuple[str, ...] = (),
+    wide: tuple[tuple[int, int], ...] = (),
+    wide_layers: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Per layer: agentapp on two fresh processes for each M; for ``wide_layers``, each ``wide`` (M, processes)
+    case on the same two plus as many fresh ones as it needs; then, for ``bare_layers``, the bare group_send
+    anchor at the largest two-process M on two processes of its own."""
+    from bench import fanout_bare
+
+    largest = max([*counts, *(m for m, _ in wide)], default=0)
+    open_files = raise_open_files(2 * largest + 1024)
     (redis_server,) = pool.get("redis-fanout")
     redis_client = redis.Redis(host=HOST, port=redis_server.port, socket_timeout=10)
-    results = []
-    commands: dict[str, list[str]] = {}
+    results: list[dict[str, Any]] = []
+    bare: list[dict[str, Any]] = []
     try:
         redis_client.ping()
         for layer in layers:
-            names = [f"agentapp-fanout-{layer}-1", f"agentapp-fanout-{layer}-2"]
-            servers = pool.get(*names)
-            commands[layer] = [server.command() for server in servers]
+
+            def agentapp_one(servers: list[Server], m: int, layer: str = layer) -> Any:
+                return measure_one(servers, redis_client, layer, m)
+
+            names = [f"agentapp-fanout-{layer}-{index}" for index in (1, 2)]
             try:
-                for m in counts:
-                    item = await measure_one(servers, redis_client, layer, m)
-                    item["servers"] = names
-                    results.append(item)
-                    log(
-                        f"fanout: {layer} M={m} done at {time.strftime('%H:%M:%S')}: "
-                        f"p50/p99 {item['latency_p50_ms']:.1f}/{item['latency_p99_ms']:.1f} ms, "
-                        f"{item['finished']}/{m} finished, {item['errors']} errors, "
-                        f"connect {item['connect_s']:.1f} s, settle {item['settle_s']:.1f} s"
-                    )
-                    with contextlib.suppress(Exception):
-                        await wait_quiet([CpuMeter(server.pid) for server in servers])
+                results += await _cluster(pool, names, counts, agentapp_one, log, "agentapp")
+                for m, processes in wide if layer in wide_layers else ():
+                    names = [f"agentapp-fanout-{layer}-{index}" for index in range(1, processes + 1)]
+                    results += await _cluster(pool, names, [m], agentapp_one, log, "agentapp")
             finally:
                 for name in names:
-                    pool.stop(name)
+                    if name in pool.servers:
+                        pool.stop(name)
+            if counts and layer in bare_layers:
+                names = [f"bare-fanout-{layer}-1", f"bare-fanout-{layer}-2"]
+                bare_one = functools.partial(fanout_bare.measure_one, layer=layer)
+                try:
+                    bare += await _cluster(pool, names, [max(counts)], bare_one, log, "bare")
+                finally:
+                    for name in names:
+                        if name in pool.servers:
+                            pool.stop(name)
     finally:
         redis_client.close()
     return {
@@ -323,4 +383,5 @@ async def measure(pool: ServerPool, layers: list[str], counts: list[int], log: C
         "open_files": list(open_files),
         "redis": redis_server.command(),
         "results": results,
+        "bare": bare,
     }

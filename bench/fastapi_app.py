@@ -1,23 +1,27 @@
 """Baseline (b): the FastAPI ``StreamingResponse`` example, streaming an agent's text as a plain HTTP body.
 
-Serve with ``uvicorn bench.fastapi_app:app``; POST the prompt as the request body to ``/stream``.
+Serve with ``uvicorn bench.fastapi_app:app``; POST the prompt as the request body to ``/stream``: each text
+delta is yielded as it comes (one body chunk per delta). ``/stream?merge=1`` yields every delta that queued
+while the response was writing as one chunk, the rule of agentapp's socket outbox (``agentapp/outbox.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
+from bench.bare_consumer import produce
 from bench.baseline import build_agent
 
 app = FastAPI()
 
 
 @app.post("/stream")
-async def stream(request: Request) -> StreamingResponse:
-    """Run the prompt in the body on a fresh agent and stream each text delta as it comes."""
+async def stream(request: Request, merge: int = 0) -> StreamingResponse:
+    """Run the prompt in the body on a fresh agent and stream its text, per delta or merged (``merge=1``)."""
     prompt = (await request.body()).decode("utf-8")
     agent = build_agent()
 
@@ -26,4 +30,22 @@ async def stream(request: Request) -> StreamingResponse:
             if "data" in event:
                 yield event["data"]
 
-    return StreamingResponse(text(), media_type="text/plain; charset=utf-8")
+    async def merged() -> AsyncIterator[str]:
+        pending: list[str] = []
+        ready = asyncio.Event()
+        producer = asyncio.create_task(produce(agent, prompt, pending, ready))
+        try:
+            while True:
+                await ready.wait()
+                ready.clear()
+                if pending:
+                    texts = pending[:]
+                    pending.clear()
+                    yield "".join(texts)
+                if producer.done() and not pending:
+                    break
+            await producer
+        finally:
+            producer.cancel()
+
+    return StreamingResponse(merged() if merge else text(), media_type="text/plain; charset=utf-8")

@@ -21,6 +21,17 @@ class Row:
     command: str
 
 
+@dataclass(frozen=True)
+class Goal:
+    """One target: what agentapp measured, the anchor measured in the same run, their ratio, and the verdict."""
+
+    target: str
+    measured: str
+    anchor: str
+    ratio: str
+    status: str
+
+
 def _num(value: Any, digits: int = 0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -43,11 +54,15 @@ def streaming_rows(result: dict[str, Any], command: str) -> list[Row]:
     rows = []
     for case, summary in result["cases"].items():
         errors = f"; {len(summary['errors'])} failed runs" if summary["errors"] else ""
+        where = "harness process" if summary["server"] is None else "server process"
+        frames = summary.get("frames_median", math.nan)
         text = (
             f"{_num(summary['tokens_per_second_median'])} tok/s median of {summary['runs']} "
             f"({_x(summary['ratio_to_a'])} a, {_x(summary['ratio_to_b'])} b); "
-            f"CPU {_num(summary['server_cpu_ms_median'])} ms/answer "
-            f"({'harness process' if summary['server'] is None else 'server process'}){errors}"
+            f"{_num(summary.get('frames_per_second_median'))} frames/s, {_num(frames)} frames "
+            f"({_num(summary.get('data_frames_median'))} with text) per answer; "
+            f"CPU {_num(summary['server_cpu_ms_median'])} ms/answer = "
+            f"{_num(summary.get('server_cpu_us_per_token'), 1)} µs/token ({where}){errors}"
         )
         server = f" [server `{summary['server']}`]" if summary["server"] else ""
         rows.append(Row("1. streaming, 2,000 tokens", f"({case}) {summary['label']}{server}", text, command))
@@ -93,6 +108,19 @@ def ttft_rows(result: dict[str, Any], command: str) -> list[Row]:
     ]
 
 
+def history_rows(result: dict[str, Any], command: str) -> list[Row]:
+    rows = []
+    for size, summary in result["results"].items():
+        text = (
+            f"first token p50 {_num(summary['p50_ms'], 2)} ms, p99 {_num(summary['p99_ms'], 2)} ms "
+            f"({summary['runs']} runs, each on a conversation of its own); opening it (the conversation frame) "
+            f"p50 {_num(summary['open_p50_ms'], 1)} ms"
+        )
+        case = f"{int(size):,} stored message{'' if int(size) == 1 else 's'} [server `agentapp-history`]"
+        rows.append(Row("3b. time to first token by history length", case, text, command))
+    return rows
+
+
 def _answers_text(item: dict[str, Any]) -> str:
     """Completed answers, errors, lateness and first token of one concurrency row."""
     return (
@@ -116,23 +144,36 @@ def _layer_text(item: dict[str, Any]) -> str:
         + _answers_text(item)
         + f"gap p50/p99 {_num(item['gap_p50_ms'], 1)}/{_num(item['gap_p99_ms'], 1)} ms (ideal 20); "
         f"{_num(item['throughput_tokens_per_s'])} tok/s, all done in {_num(item['elapsed_s'], 2)} s "
-        f"(ideal {_num(item['ideal_s'], 1)} s); CPU server/client {_num(item['server_cpu_s'], 1)}/"
-        f"{_num(item['client_cpu_s'], 1)} s; RSS 0/idle/streaming "
+        f"(ideal {_num(item['ideal_s'], 1)} s); {_num(item.get('frames'))} data frames; "
+        f"CPU server/client {_num(item['server_cpu_s'], 1)}/{_num(item['client_cpu_s'], 1)} s, "
+        f"server {_num(item.get('server_cpu_us_per_token'), 1)} µs/token; RSS 0/idle/streaming "
         f"{_num(item['rss_zero_mb'], 1)}/{_num(item['rss_idle_mb'], 1)}/{_num(item['rss_streaming_max_mb'], 1)} MB "
         f"= {_num(item['rss_per_idle_connection_kb'], 1)} KB per idle connection"
     )
 
 
+def _bare_text(item: dict[str, Any]) -> str:
+    return (
+        _answers_text(item) + f"all done in {_num(item['elapsed_s'], 2)} s (ideal {_num(item['ideal_s'], 1)} s); "
+        f"{_num(item['frames'])} data frames; CPU server/client {_num(item['server_cpu_s'], 1)}/"
+        f"{_num(item['client_cpu_s'], 1)} s, server {_num(item['server_cpu_us_per_token'], 1)} µs/token"
+    )
+
+
 def concurrency_rows(result: dict[str, Any], command: str) -> list[Row]:
-    """Per N: the in-process baseline (a), then each layer."""
+    """Per N: the in-process baseline (a), the bare consumer, then each layer."""
     benchmark = "4. concurrency, 50 tok/s, 200 tokens"
     baselines = {item["n"]: item for item in result.get("baselines", [])}
-    counts = sorted({*baselines, *(item["n"] for item in result["results"])})
+    bare = {item["n"]: item for item in result.get("bare", [])}
+    counts = sorted({*baselines, *bare, *(item["n"] for item in result["results"])})
     rows = []
     for n in counts:
         if n in baselines:
             case = f"(a) Strands stream_async in process, N={n:,} [harness process]"
             rows.append(Row(benchmark, case, _baseline_text(baselines[n]), command))
+        if n in bare:
+            case = f"bare consumer, merged, N={n:,} [server `{bare[n]['server_name']}`]"
+            rows.append(Row(benchmark, case, _bare_text(bare[n]), command))
         for item in result["results"]:
             if item["n"] == n:
                 case = f"{item['layer']} layer, N={n:,} [server `{item['server_name']}`]"
@@ -140,29 +181,43 @@ def concurrency_rows(result: dict[str, Any], command: str) -> list[Row]:
     return rows
 
 
+def _fanout_text(item: dict[str, Any]) -> str:
+    """Delivery, CPU and timings of one fan-out measurement (agentapp's or the bare anchor's)."""
+    cpu = "/".join(_num(value, 1) for value in item["server_cpu_s"])
+    p50s, p99s = item["latency_p50_by_server_ms"], item["latency_p99_by_server_ms"]
+    others = ", ".join(f"{index + 1}: {_num(p50s[index], 1)}/{_num(p99s[index], 1)}" for index in range(1, len(p99s)))
+    return (
+        f"{item['finished']}/{item['m']} watchers got the end, {item['errors']} errors, "
+        f"{item['missing_frames']} frames missing; delivery latency p50/p99/max "
+        f"{_num(item['latency_p50_ms'], 1)}/{_num(item['latency_p99_ms'], 1)}/{_num(item['latency_max_ms'], 1)} ms "
+        f"(watchers on process 1: {_num(p50s[0], 1)}/{_num(p99s[0], 1)} ms; on {others} ms) "
+        f"over {item['samples']:,} frames (origin {item['origin_frames']} frames); "
+        f"CPU servers {cpu} s = {_num(item.get('cpu_us_per_watcher_frame'), 1)} µs per watcher-frame "
+        f"({_num(item.get('watcher_frames'))} watcher-frames), client {_num(item['client_cpu_s'], 1)} s; "
+        f"answer done for all in {_num(item['elapsed_s'], 2)} s (ideal {_num(item['ideal_s'], 1)} s); "
+        f"{item['m']:,} watchers connected in {_num(item['connect_s'], 1)} s, servers quiet after "
+        f"{_num(item['settle_s'], 1)} s more"
+    )
+
+
 def fanout_rows(result: dict[str, Any], command: str) -> list[Row]:
     rows = []
     for item in result["results"]:
         top = ", ".join(f"{name} {calls:,}" for name, calls in list(item["redis_by_command"].items())[:4])
-        cpu = "/".join(_num(value, 1) for value in item["server_cpu_s"])
-        p50s, p99s = item["latency_p50_by_server_ms"], item["latency_p99_by_server_ms"]
-        text = (
-            f"{item['finished']}/{item['m']} watchers got run_finished, {item['errors']} errors, "
-            f"{item['missing_frames']} frames missing; delivery latency p50/p99/max "
-            f"{_num(item['latency_p50_ms'], 1)}/{_num(item['latency_p99_ms'], 1)}/{_num(item['latency_max_ms'], 1)} ms "
-            f"(watchers on process 1: {_num(p50s[0], 1)}/{_num(p99s[0], 1)} ms, on 2: "
-            f"{_num(p50s[-1], 1)}/{_num(p99s[-1], 1)} ms) "
-            f"over {item['samples']:,} frames (origin {item['origin_frames']} frames, a watcher median "
-            f"{item['watcher_frames_median']}); Redis {item['redis_calls']:,} calls per run ({top}; "
-            f"{_num(item['redis_usec'] / 1000, 1)} ms in Redis; "
-            f"idle {_num(item['redis_idle_calls_per_s'], 1)} calls/s); "
-            f"answer done for all in {_num(item['elapsed_s'], 2)} s (ideal {_num(item['ideal_s'], 1)} s); "
-            f"CPU servers 1/2 {cpu} s, client {_num(item['client_cpu_s'], 1)} s; "
-            f"{item['m']:,} watchers connected in {_num(item['connect_s'], 1)} s, servers quiet after "
-            f"{_num(item['settle_s'], 1)} s more"
+        text = _fanout_text(item) + (
+            f"; Redis {item['redis_calls']:,} calls per run ({top}; {_num(item['redis_usec'] / 1000, 1)} ms in Redis; "
+            f"idle {_num(item['redis_idle_calls_per_s'], 1)} calls/s)"
         )
-        case = f"{item['layer']} layer, M={item['m']:,} [servers `{item['servers'][0]}`, `{item['servers'][1]}`]"
-        rows.append(Row("5. fan-out, 2 processes, 50 tok/s, 200 tokens", case, text, command))
+        servers = ", ".join(f"`{name}`" for name in item["servers"])
+        case = f"agentapp, {item['layer']} layer, M={item['m']:,} [servers {servers}]"
+        processes = item.get("processes", 2)
+        rows.append(Row(f"5. fan-out, {processes} processes, 50 tok/s, 200 tokens", case, text, command))
+    for item in result.get("bare", []):
+        servers = ", ".join(f"`{name}`" for name in item["servers"])
+        case = f"bare group_send, {item['layer']} layer, M={item['m']:,} [servers {servers}]"
+        rows.append(
+            Row(f"5. fan-out, {item['processes']} processes, 50 tok/s, 200 tokens", case, _fanout_text(item), command)
+        )
     return rows
 
 
@@ -173,114 +228,246 @@ def _status(ok: bool | None) -> str:
     return NOT_MEASURED if ok is None else ("met" if ok else "not met")
 
 
-def _lateness_against_a(item: dict[str, Any], baselines: dict[int, dict[str, Any]]) -> str:
-    """An N's lateness p99 next to the in-process baseline's at the same N."""
-    ours = item["lateness_p99_ms"]
-    base = baselines.get(item["n"], {}).get("lateness_p99_ms", math.nan)
-    difference = "n/a" if math.isnan(ours - base) else f"{ours - base:+,.1f}"
-    return f"{_num(ours, 1)} ms vs {_num(base, 1)} ms for (a) at N={item['n']:,} ({difference} ms)"
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _concurrency_targets(concurrency: dict[str, Any] | None) -> list[tuple[str, str, str]]:
-    """Benchmark 4's targets per layer, at N=1,000 (or what the largest N measured showed)."""
-    ok = bool(concurrency) and "error" not in concurrency
-    measured = concurrency.get("results", []) if ok else []
-    baselines = {item["n"]: item for item in concurrency.get("baselines", [])} if ok else {}
-    checks = (
-        (
-            "p99 added latency (model emit to client receive) < 100 ms",
-            "added_p99_ms",
-            lambda v: v < 100,
-            1,
-            " ms p99 emit to receive",
-        ),
-        ("zero errors", "errors", lambda v: v == 0, 0, " errors"),
-        ("< 100 KB RSS per idle connection", "rss_per_idle_connection_kb", lambda v: v < 100, 1, " KB"),
-    )
-    out: list[tuple[str, str, str]] = []
-    for layer in sorted({item["layer"] for item in measured}) or ["memory"]:
-        ours = [item for item in measured if item["layer"] == layer]
-        at_scale = next((item for item in ours if item["n"] >= 1000), None)
-        largest = max(ours, key=lambda item: item["n"], default=None)
-        for name, key, test, digits, unit in checks:
-            target = f"1,000 paced conversations ({layer} layer): {name}"
-            if at_scale is not None and key in at_scale:
-                value = at_scale[key]
-                out.append((target, f"{_num(value, digits)}{unit} at N={at_scale['n']:,}", _status(test(value))))
-            elif largest is not None and key in largest:
-                shown = f"{NOT_MEASURED} at N=1,000; N={largest['n']:,}: {_num(largest[key], digits)}{unit}"
-                out.append((target, shown, NOT_MEASURED))
-            else:
-                out.append((target, NOT_MEASURED, NOT_MEASURED))
-        name = f"1,000 paced conversations ({layer} layer): lateness p99 against Strands in process (a)"
-        if at_scale is not None:
-            out.append((name, _lateness_against_a(at_scale, baselines), COMPARISON))
-        elif largest is not None:
-            out.append((name, f"{NOT_MEASURED} at N=1,000; {_lateness_against_a(largest, baselines)}", COMPARISON))
-        else:
-            out.append((name, NOT_MEASURED, COMPARISON))
+def _ratio_goal(
+    target: str, ours: float, anchor: float, shown: tuple[str, str], limit: float, at_least: bool, note: str = ""
+) -> Goal:
+    """A target on ``ours / anchor`` (at least ``limit`` if ``at_least``, else at most); ``note`` marks a stand-in."""
+    value = math.nan if _missing(ours) or _missing(anchor) or not anchor else ours / anchor
+    ok = None if math.isnan(value) or note else (value >= limit if at_least else value <= limit)
+    sign = ">=" if at_least else "<="
+    measured = f"{NOT_MEASURED}; {note}: {shown[0]}" if note else shown[0]
+    return Goal(target, measured, shown[1], f"{_x(value)} (target {sign} {limit:g}x)", _status(ok))
+
+
+def _at(items: list[dict[str, Any]], key: str, size: int) -> tuple[dict[str, Any] | None, str]:
+    """The item measured at ``size`` (by ``key``), else the largest one with a note saying it stands in."""
+    exact = next((item for item in items if item[key] == size), None)
+    if exact is not None or not items:
+        return exact, ""
+    largest = max(items, key=lambda item: item[key])
+    return largest, f"at {key.upper()}={largest[key]:,} instead of {size:,}"
+
+
+def _stream_goals(stream: dict[str, Any] | None) -> list[Goal]:
+    """Benchmark 1: agentapp against the bare consumer and FastAPI, under each merge policy."""
+    policies = ("merged", "one frame per delta")
+    ok = bool(stream) and "error" not in stream and "same_policy" in stream
+    out = []
+    for policy in policies:
+        names = (
+            f"1. streaming ({policy}, persistence on): agentapp tokens/s >= 0.8x the bare consumer's",
+            f"1. streaming ({policy}, persistence on): agentapp server CPU per token <= 1.25x the bare consumer's",
+            f"1. streaming ({policy}): agentapp tokens/s >= 1.0x the seed's FastAPI stream",
+        )
+        if not ok or policy not in stream["same_policy"]:
+            out += [Goal(name, NOT_MEASURED, NOT_MEASURED, "n/a", NOT_MEASURED) for name in names]
+            continue
+        ours, bare, fastapi = (stream["cases"][case] for case in stream["same_policy"][policy]["cases"])
+
+        def speed(summary: dict[str, Any]) -> str:
+            return (
+                f"({summary['case']}) {_num(summary['tokens_per_second_median'])} tok/s, "
+                f"{_num(summary['frames_median'])} frames"
+            )
+
+        def cpu(summary: dict[str, Any]) -> str:
+            return f"({summary['case']}) {_num(summary['server_cpu_us_per_token'], 1)} µs/token"
+
+        key, per_token = "tokens_per_second_median", "server_cpu_us_per_token"
+        out.append(_ratio_goal(names[0], ours[key], bare[key], (speed(ours), speed(bare)), 0.8, True))
+        out.append(_ratio_goal(names[1], ours[per_token], bare[per_token], (cpu(ours), cpu(bare)), 1.25, False))
+        out.append(_ratio_goal(names[2], ours[key], fastapi[key], (speed(ours), speed(fastapi)), 1.0, True))
     return out
 
 
-def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(target, measured, met / not met / not measured yet), computed from the numbers."""
-    out: list[tuple[str, str, str]] = []
-    stream = results.get("stream")
-    d_over_c = stream.get("d_over_c") if stream and "error" not in stream else None
-    d_over_b = stream.get("d_over_b") if stream and "error" not in stream else None
-    for name, value, floor in (
-        ("(d) >= 0.8x (c) tokens/s", d_over_c, 0.8),
-        ("(d) >= 1.0x (b) tokens/s", d_over_b, 1.0),
-    ):
-        missing = value is None or math.isnan(value)
-        out.append((name, NOT_MEASURED if missing else _x(value), _status(None if missing else value >= floor)))
+def _history_goal(history: dict[str, Any] | None) -> Goal:
+    """Benchmark 3b: time to first token after 10,000 stored messages against after 1."""
+    target = "3b. time to first token flat in history length: p50 after 10,000 stored messages within 1.2x of after 1"
+    if not history or "error" in history or "10000" not in history["results"] or "1" not in history["results"]:
+        return Goal(target, NOT_MEASURED, NOT_MEASURED, "n/a", NOT_MEASURED)
+    results = history["results"]
+    others = ", ".join(f"{int(size):,}: {_num(results[size]['p50_ms'], 1)} ms" for size in results if size != "1")
+    return _ratio_goal(
+        target,
+        results["10000"]["p50_ms"],
+        results["1"]["p50_ms"],
+        (f"p50 after {others}", f"p50 after 1: {_num(results['1']['p50_ms'], 1)} ms"),
+        1.2,
+        False,
+    )
 
-    out += _concurrency_targets(results.get("concurrency"))
 
-    fanout = results.get("fanout")
-    fanned = fanout.get("results", []) if fanout and "error" not in fanout else []
-    for layer in sorted({item["layer"] for item in fanned}) or ["core", "pubsub"]:
-        target = f"Fan-out to 1,000 watchers over two processes with p99 under 100 ms ({layer} layer)"
-        ours = [item for item in fanned if item["layer"] == layer]
-        at_scale = next((item for item in ours if item["m"] >= 1000), None)
-        largest = max(ours, key=lambda item: item["m"], default=None)
+def _first_token_goal(layer: str, n: int, item: dict[str, Any] | None, note: str, base: dict[str, Any] | None) -> Goal:
+    """First-token p99 of N prompts at once against Strands in process at the same N (within 1 s at 500)."""
+    judged = n == 500
+    target = (
+        f"4. {n:,} prompts at once on one process ({layer} layer): first-token p99 within 1 s of Strands in process"
+        if judged
+        else f"4. {n:,} prompts at once on one process ({layer} layer): first-token p99 against Strands in process"
+    )
+    if item is None or base is None:
+        return Goal(target, NOT_MEASURED, NOT_MEASURED, "n/a", NOT_MEASURED if judged else COMPARISON)
+    ours, anchor = item["first_token_p99_ms"], base["first_token_p99_ms"]
+    difference = ours - anchor
+    measured = f"p99 {_num(ours, 1)} ms at N={item['n']:,}"
+    if note:
+        measured = f"{NOT_MEASURED}; {note}: {measured}"
+    ok = None if note or math.isnan(difference) else difference <= 1000
+    status = _status(ok) if judged else COMPARISON
+    return Goal(target, measured, f"(a) p99 {_num(anchor, 1)} ms at N={base['n']:,}", f"{difference:+,.1f} ms", status)
 
-        def shown(item: dict[str, Any]) -> str:
-            return (
-                f"p99 {_num(item['latency_p99_ms'], 1)} ms at M={item['m']:,}, "
-                f"{item['finished']}/{item['m']} finished, {item['errors']} errors"
+
+def _concurrency_goals(concurrency: dict[str, Any] | None) -> list[Goal]:
+    """Benchmark 4's targets per layer."""
+    ok = bool(concurrency) and "error" not in concurrency
+    measured = concurrency.get("results", []) if ok else []
+    baselines = {item["n"]: item for item in concurrency.get("baselines", [])} if ok else {}
+    bare = {item["n"]: item for item in concurrency.get("bare", [])} if ok else {}
+    out: list[Goal] = []
+    for layer in sorted({item["layer"] for item in measured}) or ["memory", "redis"]:
+        ours = [item for item in measured if item["layer"] == layer]
+        for n in (500, 1000):
+            item, note = _at(ours, "n", n)
+            out.append(_first_token_goal(layer, n, item, note, baselines.get(item["n"]) if item else None))
+        for n in (100, 500):
+            target = f"4. {n:,} paced conversations ({layer} layer): server CPU per token <= 1.5x the bare consumer's"
+            item, note = _at(ours, "n", n)
+            anchor = bare.get(item["n"]) if item else None
+            if item is None or anchor is None:
+                out.append(Goal(target, NOT_MEASURED, NOT_MEASURED, "n/a", NOT_MEASURED))
+                continue
+            shown = (
+                f"{_num(item['server_cpu_us_per_token'], 1)} µs/token at N={item['n']:,}",
+                f"bare consumer {_num(anchor['server_cpu_us_per_token'], 1)} µs/token at N={anchor['n']:,}",
             )
-
-        if at_scale is not None:
-            ok = at_scale["latency_p99_ms"] < 100 and at_scale["errors"] == 0
-            out.append((target, shown(at_scale), _status(ok)))
-        elif largest is not None:
-            out.append((target, f"{NOT_MEASURED} at M=1,000; {shown(largest)}", NOT_MEASURED))
+            key = "server_cpu_us_per_token"
+            out.append(_ratio_goal(target, item[key], anchor[key], shown, 1.5, False, note))
+        at_scale, note = _at(ours, "n", 1000)
+        checks = (
+            ("p99 added latency (model emit to client receive) < 100 ms", "added_p99_ms", lambda v: v < 100, 1, " ms"),
+            ("zero errors", "errors", lambda v: v == 0, 0, " errors"),
+            ("< 100 KB RSS per idle connection", "rss_per_idle_connection_kb", lambda v: v < 100, 1, " KB"),
+        )
+        for name, key, test, digits, unit in checks:
+            target = f"4. 1,000 paced conversations ({layer} layer): {name}"
+            if at_scale is None or key not in at_scale:
+                out.append(Goal(target, NOT_MEASURED, "-", "-", NOT_MEASURED))
+                continue
+            value = f"{_num(at_scale[key], digits)}{unit} at N={at_scale['n']:,}"
+            shown = f"{NOT_MEASURED}; {note}: {value}" if note else value
+            out.append(Goal(target, shown, "-", "-", NOT_MEASURED if note else _status(test(at_scale[key]))))
+        target = f"4. 1,000 paced conversations ({layer} layer): lateness p99 against Strands in process (a)"
+        base = baselines.get(at_scale["n"]) if at_scale else None
+        if at_scale is None or base is None:
+            out.append(Goal(target, NOT_MEASURED, NOT_MEASURED, "n/a", COMPARISON))
         else:
-            out.append((target, NOT_MEASURED, NOT_MEASURED))
+            ours_ms, base_ms = at_scale["lateness_p99_ms"], base["lateness_p99_ms"]
+            shown = f"{_num(ours_ms, 1)} ms at N={at_scale['n']:,}"
+            out.append(
+                Goal(
+                    target,
+                    f"{NOT_MEASURED}; {note}: {shown}" if note else shown,
+                    f"(a) {_num(base_ms, 1)} ms at N={base['n']:,}",
+                    f"{ours_ms - base_ms:+,.1f} ms",
+                    COMPARISON,
+                )
+            )
+    return out
 
-    writes = results.get("writes")
+
+def _fanout_goals(fanout: dict[str, Any] | None) -> list[Goal]:
+    """Benchmark 5's targets per layer: p99 and CPU per watcher-frame at 1,000 on two processes, 5,000 on four."""
+    ok = bool(fanout) and "error" not in fanout
+    items = fanout.get("results", []) if ok else []
+    bare_items = fanout.get("bare", []) if ok else []
+    out: list[Goal] = []
+    for layer in sorted({item["layer"] for item in items}) or ["core", "pubsub"]:
+        two = [item for item in items if item["layer"] == layer and item.get("processes", 2) == 2]
+        wide = [item for item in items if item["layer"] == layer and item.get("processes", 2) == 4]
+        bare = {item["m"]: item for item in bare_items if item["layer"] == layer}
+        item, note = _at(two, "m", 1000)
+        anchor = bare.get(item["m"]) if item else None
+        target = f"5. 1,000 watchers over two processes ({layer} layer): p99 delivery < 100 ms"
+        if item is None:
+            out.append(Goal(target, NOT_MEASURED, NOT_MEASURED, "n/a", NOT_MEASURED))
+        else:
+            p99s = "/".join(_num(value, 1) for value in item["latency_p99_by_server_ms"])
+            shown = f"p99 {_num(item['latency_p99_ms'], 1)} ms ({p99s} by process), {item['errors']} errors"
+            ours_ms = item["latency_p99_ms"]
+            passed = None if note else ours_ms < 100 and item["errors"] == 0
+            anchor_ms = anchor["latency_p99_ms"] if anchor else math.nan
+            out.append(
+                Goal(
+                    target,
+                    f"{NOT_MEASURED}; {note}: {shown}" if note else shown,
+                    f"bare group_send p99 {_num(anchor_ms, 1)} ms" if anchor else NOT_MEASURED,
+                    f"{_x(ours_ms / anchor_ms)} the bare p99" if anchor and anchor_ms else "n/a",
+                    _status(passed),
+                )
+            )
+        target = f"5. 1,000 watchers over two processes ({layer} layer): CPU per watcher-frame <= 2x a bare group_send"
+        if item is None or anchor is None:
+            out.append(Goal(target, NOT_MEASURED, NOT_MEASURED, "n/a", NOT_MEASURED))
+        else:
+            key = "cpu_us_per_watcher_frame"
+            shown = (
+                f"{_num(item[key], 1)} µs at M={item['m']:,}",
+                f"bare {_num(anchor[key], 1)} µs at M={anchor['m']:,}",
+            )
+            out.append(_ratio_goal(target, item[key], anchor[key], shown, 2.0, False, note))
+        item, note = _at(wide, "m", 5000)
+        target = f"5. 5,000 watchers over four processes ({layer} layer, full mode only): measured and reported"
+        if item is None:
+            out.append(Goal(target, NOT_MEASURED, "-", "-", NOT_MEASURED))
+        else:
+            shown = (
+                f"p99 {_num(item['latency_p99_ms'], 1)} ms, {item['finished']:,}/{item['m']:,} finished, "
+                f"{item['errors']} errors, {_num(item['cpu_us_per_watcher_frame'], 1)} µs per watcher-frame"
+            )
+            passed = None if note else item["errors"] == 0
+            out.append(Goal(target, f"{NOT_MEASURED}; {note}: {shown}" if note else shown, "-", "-", _status(passed)))
+    return out
+
+
+def _writes_goals(writes: dict[str, Any] | None) -> list[Goal]:
+    """Benchmark 2: the statements of a run do not grow with its answer."""
+    out: list[Goal] = []
     if writes:
         for database, measured_db in writes.items():
-            name = f"statements per run independent of token count ({database})"
+            name = f"2. statements per run independent of token count ({database})"
             if "error" in measured_db:
-                out.append((name, NOT_MEASURED + " (failed)", NOT_MEASURED))
+                out.append(Goal(name, NOT_MEASURED + " (failed)", "-", "-", NOT_MEASURED))
                 continue
             counts = {tokens: sample["statements"] for tokens, sample in measured_db["results"].items()}
             flat = {count for values in counts.values() for count in values}
             shown = ", ".join(
                 f"{int(tokens):,} tokens: {'/'.join(map(str, values))}" for tokens, values in counts.items()
             )
-            out.append((name, shown, _status(len(flat) == 1 and len(counts) > 1)))
+            out.append(Goal(name, shown, "-", "-", _status(len(flat) == 1 and len(counts) > 1)))
     else:
-        out.append(("statements per run independent of token count", NOT_MEASURED, NOT_MEASURED))
+        out.append(Goal("2. statements per run independent of token count", NOT_MEASURED, "-", "-", NOT_MEASURED))
+    return out
 
+
+def targets(results: dict[str, Any]) -> list[Goal]:
+    """Every target with its measured value, the anchor of the same run, their ratio, and met / not met."""
+    out = _stream_goals(results.get("stream"))
+    out += _writes_goals(results.get("writes"))
     ttft = results.get("ttft")
     if ttft and "error" not in ttft and not math.isnan(ttft["overhead_p50_ms"]):
         value = ttft["overhead_p50_ms"]
-        out.append(("TTFT overhead < 5 ms p50", f"{_num(value, 2)} ms", _status(value < 5)))
+        shown = f"agentapp p50 {_num(ttft['agentapp']['p50_ms'], 2)} ms"
+        anchor = f"(a) p50 {_num(ttft['a']['p50_ms'], 2)} ms"
+        out.append(Goal("3. TTFT overhead < 5 ms p50", shown, anchor, f"{value:+.2f} ms", _status(value < 5)))
     else:
-        out.append(("TTFT overhead < 5 ms p50", NOT_MEASURED, NOT_MEASURED))
+        out.append(Goal("3. TTFT overhead < 5 ms p50", NOT_MEASURED, NOT_MEASURED, "n/a", NOT_MEASURED))
+    out.append(_history_goal(results.get("history")))
+    out += _concurrency_goals(results.get("concurrency"))
+    out += _fanout_goals(results.get("fanout"))
     return out
 
 
@@ -303,7 +490,7 @@ def markdown(
     mode: str,
     info: dict[str, Any],
     rows: list[Row],
-    goals: list[tuple[str, str, str]],
+    goals: list[Goal],
     servers: dict[str, str],
     failures: list[str],
     method: str,
@@ -355,8 +542,16 @@ def markdown(
     parts += [f"| {_md(r.benchmark)} | {_md(r.case)} | {_md(r.result)} | `{r.command}` |" for r in rows]
     if failures:
         parts += ["", "**Benchmarks that failed in this run:**", ""] + [f"- {_md(failure)}" for failure in failures]
-    parts += ["", "## Targets", "", "| Target | Measured | Status |", "| --- | --- | --- |"]
-    parts += [f"| {_md(name)} | {_md(measured)} | {status} |" for name, measured, status in goals]
+    parts += [
+        "",
+        "## Targets",
+        "",
+        "Each target beside its anchor, measured in the same run; the ratio (or difference) is what is judged.",
+        "",
+        "| Target | Measured | Anchor | Ratio | Status |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    parts += [f"| {_md(g.target)} | {_md(g.measured)} | {_md(g.anchor)} | {_md(g.ratio)} | {g.status} |" for g in goals]
     parts += [
         "",
         "## Servers",

@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # modules are imported as ``bench.*`` and never shadow a top-level module.
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 
-from bench import concurrency, fanout, report, streaming, ttft, writes  # noqa: E402
+from bench import concurrency, fanout, history, report, streaming, ttft, writes  # noqa: E402
 from bench.servers import POSTGRES_URL, REDIS_URL, ServerPool, fresh_postgres  # noqa: E402
 
-BENCHMARKS = ("writes", "stream", "ttft", "concurrency", "fanout")
+BENCHMARKS = ("writes", "stream", "ttft", "history", "concurrency", "fanout")
 PACKAGES = (
     "strands-agents", "Django", "channels", "channels-redis", "daphne", "Twisted", "autobahn",
     "uvicorn", "fastapi", "starlette", "websockets", "httpx", "psycopg", "redis", "psutil",
@@ -49,10 +49,14 @@ class Mode:
     stream_runs: int
     writes_runs: int
     ttft_runs: int
+    history_runs: int  # prompts per history size (each on a conversation of its own), after one warm-up each
     concurrency: tuple[int, ...]
     layers: tuple[str, ...]
     fanout: tuple[int, ...]
     fanout_layers: tuple[str, ...]
+    fanout_bare_layers: tuple[str, ...]  # layers of the bare group_send anchor (at the largest two-process M)
+    fanout_wide: tuple[tuple[int, int], ...]  # (watchers, processes) beyond the two-process cases
+    fanout_wide_layers: tuple[str, ...]  # a subset of fanout_layers: the wide case reuses their two processes
     out: Path
 
 
@@ -61,20 +65,28 @@ MODES = {
         stream_runs=2,
         writes_runs=1,
         ttft_runs=20,
+        history_runs=1,
         concurrency=(10,),
         layers=("memory", "redis"),
         fanout=(10,),
         fanout_layers=("core", "pubsub"),
+        fanout_bare_layers=("pubsub",),
+        fanout_wide=((20, 4),),
+        fanout_wide_layers=("pubsub",),
         out=ROOT / "artifacts" / "benchmarks-quick.md",
     ),
     "full": Mode(
         stream_runs=15,
         writes_runs=5,
         ttft_runs=200,
+        history_runs=15,
         concurrency=(10, 100, 500, 1000),
         layers=("memory", "redis"),
         fanout=(10, 100, 1000),
         fanout_layers=("core", "pubsub"),
+        fanout_bare_layers=("core", "pubsub"),
+        fanout_wide=((5000, 4),),
+        fanout_wide_layers=("core", "pubsub"),
         out=ROOT / "docs" / "benchmarks.md",
     ),
 }
@@ -148,10 +160,21 @@ def run_all(mode_name: str, only: list[str], workdir: Path) -> tuple[dict[str, A
         "writes": lambda pool: run_writes(pool, mode),
         "stream": lambda pool: asyncio.run(streaming.measure(pool, mode.stream_runs, log)),
         "ttft": lambda pool: asyncio.run(ttft.measure(pool, mode.ttft_runs, log)),
+        "history": lambda pool: asyncio.run(history.measure(pool, mode.history_runs, log)),
         "concurrency": lambda pool: asyncio.run(
             concurrency.measure(pool, list(mode.layers), list(mode.concurrency), log)
         ),
-        "fanout": lambda pool: asyncio.run(fanout.measure(pool, list(mode.fanout_layers), list(mode.fanout), log)),
+        "fanout": lambda pool: asyncio.run(
+            fanout.measure(
+                pool,
+                list(mode.fanout_layers),
+                list(mode.fanout),
+                log,
+                bare_layers=mode.fanout_bare_layers,
+                wide=mode.fanout_wide,
+                wide_layers=mode.fanout_wide_layers,
+            )
+        ),
     }
     with ServerPool(workdir) as pool:
         for name in only:
@@ -162,9 +185,11 @@ def run_all(mode_name: str, only: list[str], workdir: Path) -> tuple[dict[str, A
                 failures.append(f"{name}: {type(exc).__name__}: {exc}")
                 log(traceback.format_exc())
             if name == "ttft" or (name == "stream" and "ttft" not in only):
-                for server in ("fastapi", "bare", "agentapp", "agentapp-redis"):
+                for server in ("fastapi", "bare", "agentapp", "agentapp-unmerged", "agentapp-redis"):
                     if server in pool.servers:
                         pool.stop(server)
+            if name == "history" and "agentapp-history" in pool.servers:
+                pool.stop("agentapp-history")
         commands = {name: server.command().replace(str(workdir), "<tmp>") for name, server in pool.servers.items()}
     return results, failures, commands
 
@@ -182,8 +207,13 @@ def smoke_failures(results: dict[str, Any]) -> list[str]:
                 if sample["statuses"] != ["completed"]:
                     problems.append(f"writes {database} {tokens} tokens: statuses {sample['statuses']}")
     problems += [f"ttft: {error}" for error in results.get("ttft", {}).get("errors", [])]
+    problems += [f"history: {error}" for error in results.get("history", {}).get("errors", [])]
     for item in results.get("concurrency", {}).get("baselines", []):
         problems += [f"concurrency (a) in process N={item['n']}: {error}" for error in item["error_samples"]]
+    for item in results.get("concurrency", {}).get("bare", []):
+        problems += [f"concurrency bare consumer N={item['n']}: {error}" for error in item["error_samples"]]
+    for item in results.get("fanout", {}).get("bare", []):
+        problems += [f"fanout bare {item['layer']} M={item['m']}: {error}" for error in item["error_samples"]]
     for item in results.get("concurrency", {}).get("results", []):
         problems += [f"concurrency {item['layer']} N={item['n']}: {error}" for error in item["error_samples"]]
     for item in results.get("fanout", {}).get("results", []):
@@ -191,13 +221,14 @@ def smoke_failures(results: dict[str, Any]) -> list[str]:
     return problems
 
 
-def render(record: dict[str, Any], out: Path) -> list[tuple[str, str, str]]:
+def render(record: dict[str, Any], out: Path) -> list[report.Goal]:
     """Write the Markdown report of one run's record, print the table, and return the targets."""
     results, mode = record["results"], record["mode"]
     builders = {
         "stream": report.streaming_rows,
         "writes": report.writes_rows,
         "ttft": report.ttft_rows,
+        "history": report.history_rows,
         "concurrency": report.concurrency_rows,
         "fanout": report.fanout_rows,
     }
@@ -212,8 +243,8 @@ def render(record: dict[str, Any], out: Path) -> list[tuple[str, str, str]]:
     out.write_text(document, encoding="utf-8")
     print(report.text_table(rows))
     print()
-    for name, measured, status in goals:
-        print(f"[{status}] {name}: {measured}")
+    for goal in goals:
+        print(f"[{goal.status}] {goal.target}: {goal.measured}; anchor {goal.anchor}; {goal.ratio}")
     return goals
 
 

@@ -28,6 +28,8 @@ POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/agentapp_bench"
 # Settings of benchmark 4's paced servers: the example site's, with the agent of bench/stamped.py, whose text
 # deltas are their emit times (project/asgi.py only sets DJANGO_SETTINGS_MODULE when it is unset).
 STAMPED_SETTINGS = "bench.settings_stamped"
+# Settings of benchmark 1's per-delta agentapp case: the example site's, with the socket outbox merging nothing.
+UNMERGED_SETTINGS = "bench.settings_unmerged"
 # The database both fan-out processes share (dropped and recreated once per harness run).
 FANOUT_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/agentapp_bench_fanout"
 # AGENTAPP_CHANNEL_LAYER values of project/settings.py: channels_redis's core and pub/sub layers.
@@ -40,6 +42,8 @@ _SCRUBBED = (
     "AGENTAPP_OFFLINE_TPS",
     "AGENTAPP_DEMO",
     "AGENTAPP_MAX_CONCURRENT_RUNS",
+    "BENCH_BARE_TPS",
+    "BENCH_FANOUT_LAYER",
 )
 
 
@@ -270,7 +274,22 @@ class ServerPool:
             return uvicorn(name, "bench.fastapi_app:app", self.workdir)
         if name == "bare":
             return daphne(name, "bench.bare_consumer:application", {}, self.workdir)
+        if name.startswith("bare-paced-"):  # bare-paced-<n>: benchmark 4's anchor, the model at 50 tokens/s
+            return daphne(name, "bench.bare_consumer:application", {"BENCH_BARE_TPS": "50"}, self.workdir)
+        if name.startswith("bare-fanout-"):  # bare-fanout-<core|pubsub>-<i>: benchmark 5's group_send anchor
+            layer = name.split("-")[2]
+            (redis,) = self.get("redis-fanout")
+            env = {"BENCH_FANOUT_LAYER": layer, "REDIS_URL": f"redis://{HOST}:{redis.port}/1", "BENCH_BARE_TPS": "50"}
+            server = daphne(name, "bench.bare_fanout:application", env, self.workdir)
+            server.placeholders[f":{redis.port}/"] = ":<redis-port>/"
+            return server
         if name == "agentapp":
+            env = {"DATABASE_URL": self.sqlite_url(name), **agentapp_env}
+            return agentapp_server(name, "project.asgi:application", env, self.workdir)
+        if name == "agentapp-unmerged":
+            env = {"DJANGO_SETTINGS_MODULE": UNMERGED_SETTINGS, "DATABASE_URL": self.sqlite_url(name), **agentapp_env}
+            return agentapp_server(name, "project.asgi:application", env, self.workdir)
+        if name == "agentapp-history":
             env = {"DATABASE_URL": self.sqlite_url(name), **agentapp_env}
             return agentapp_server(name, "project.asgi:application", env, self.workdir)
         if name == "agentapp-redis":
@@ -292,7 +311,7 @@ class ServerPool:
             return agentapp_server(name, "project.asgi:application", env, self.workdir)
         if name == "redis-fanout":
             return redis_server(name, self.workdir)
-        if name.startswith("agentapp-fanout-"):  # agentapp-fanout-<core|pubsub>-<1|2>: one cluster per layer
+        if name.startswith("agentapp-fanout-"):  # agentapp-fanout-<core|pubsub>-<1..4>: one cluster per layer
             layer = name.split("-")[2]
             if layer not in FANOUT_LAYERS:
                 raise BenchError(f"no channel layer {layer!r} (one of {', '.join(FANOUT_LAYERS)})")

@@ -72,8 +72,11 @@ def close_worker_thread_connections(django_db_setup: Any, django_db_blocker: Any
     from asgiref.sync import SyncToAsync
     from django.db import connections
 
+    from agentapp import dbwork
+
     with django_db_blocker.unblock():
         SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
+        dbwork.close_connections()
 
 
 @pytest.fixture

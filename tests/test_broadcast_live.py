@@ -10,9 +10,9 @@ import pytest
 from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
 
-from agentapp import protocol
+from agentapp import hub, protocol
 from agentapp.broadcast import FRAME_MESSAGE_TYPE
-from agentapp.consumers import AgentConsumer
+from agentapp.following import Watch
 from agentapp.models import Conversation, Message, Run
 from agentapp.presence import ConversationView
 from tests.frames import assert_contiguous, deltas
@@ -89,7 +89,7 @@ async def test_late_joiner_gets_history_then_the_whole_run(layer, settings, owne
 async def test_late_joiner_replay_through_the_layer(layer, settings, owner, monkeypatch):
     """As if the run were in another process: the joiner must ask for the replay over the channel layer."""
     paced(settings, 300)
-    monkeypatch.setattr(AgentConsumer, "_local_log", lambda self, run_id: None)
+    monkeypatch.setattr(Watch, "_local_log", lambda self, run_id: None)
     asked, hello, joined = await join_mid_run(owner)
     assert_joined_without_gap_or_repeat(asked, hello, joined)
 
@@ -114,23 +114,24 @@ async def test_no_replay_for_a_run_nobody_runs(settings, owner):
 
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
-async def test_frames_lost_by_the_layer_are_replayed(layer, settings, owner, monkeypatch):
+async def test_frames_lost_on_the_way_are_replayed(layer, settings, owner, monkeypatch):
+    """Group frames lost before a watcher got them (by the layer, or on their way from the process's room) leave a
+    gap the watcher fills with a replay."""
     paced(settings, 300)
     asker, watcher = await asker_and_watcher(owner)
 
-    channel_layer = get_channel_layer()
-    real_group_send = channel_layer.group_send
+    real_deliver = hub.Room.deliver
     lost: list[int] = []
 
-    async def lossy_group_send(group: str, message: dict[str, Any]) -> None:
+    def lossy_deliver(room: hub.Room, message: dict[str, Any]) -> None:
         frame = message.get("frame") or {}
         is_delta = message["type"] == FRAME_MESSAGE_TYPE and frame["type"] == protocol.DATA
         if is_delta and frame["seq"] > 20 and len(lost) < 3:
             lost.append(frame["seq"])
             return
-        await real_group_send(group, message)
+        real_deliver(room, message)
 
-    monkeypatch.setattr(channel_layer, "group_send", lossy_group_send)
+    monkeypatch.setattr(hub.Room, "deliver", lossy_deliver)
     await asker.prompt("Stream 200 tokens")
     asked = await asker.until_finished()
     watched = await watcher.until_finished()
@@ -186,7 +187,21 @@ async def asker_and_watcher(owner: Any) -> tuple[Client, Client]:
 
 
 def count_frame_sends(monkeypatch: Any) -> list[str]:
-    """From now on, the type of each run frame sent to a group, in order."""
+    """From now on, the type of each run frame a run's broadcaster sends to its group, in order."""
+    real_group_send = hub.LocalFirst.group_send
+    sends: list[str] = []
+
+    async def counting_group_send(local_first: hub.LocalFirst, group: str, message: dict[str, Any]) -> None:
+        if message["type"] == FRAME_MESSAGE_TYPE:
+            sends.append(message["frame"]["type"])
+        await real_group_send(local_first, group, message)
+
+    monkeypatch.setattr(hub.LocalFirst, "group_send", counting_group_send)
+    return sends
+
+
+def count_layer_frame_sends(monkeypatch: Any) -> list[str]:
+    """From now on, the type of each run frame sent through the channel layer, in order."""
     channel_layer = get_channel_layer()
     real_group_send = channel_layer.group_send
     sends: list[str] = []
@@ -235,6 +250,7 @@ async def test_a_run_nobody_else_watches_costs_the_layer_one_message(layer, sett
     asker = Client(user=owner)
     conversation_id = (await asker.hello())["conversation_id"]
     sends = count_frame_sends(monkeypatch)
+    layer_sends = count_layer_frame_sends(monkeypatch)
     await asker.prompt("Stream 100 tokens")
     alone = await asker.until_finished()
     assert alone[-1]["status"] == protocol.STATUS_COMPLETED and deltas(alone) == 100
@@ -252,6 +268,8 @@ async def test_a_run_nobody_else_watches_costs_the_layer_one_message(layer, sett
     assert_whole_run(watched)
     assert streamed_text(watched) == streamed_text(asked)
     assert protocol.RUN_STARTED in sends and protocol.DATA in sends and protocol.RUN_FINISHED in sends
+    # A watcher on the run's own process gets its frames from the process's room: the layer still carries one.
+    assert layer_sends == [protocol.RUN_FINISHED, protocol.RUN_FINISHED]
 
 
 @pytest.mark.asyncio

@@ -9,7 +9,7 @@ import pytest
 from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
 
-from agentapp import consumers, presence
+from agentapp import presence, registry, runs
 from agentapp.broadcast import group_name
 from tests.wsclient import Client
 
@@ -30,7 +30,7 @@ async def test_a_run_that_does_not_end_does_not_hold_the_cleanup(settings, monke
         await release.wait()  # deaf to cancel(): a save that hangs, a database that does not answer
         return "cancelled"
 
-    monkeypatch.setattr(consumers.AgentRun, "execute", stuck)
+    monkeypatch.setattr(runs.AgentRun, "execute", stuck)
     client = Client(user=user)
     conversation_id = (await client.hello())["conversation_id"]
     await client.prompt("Calculate 2+2")
@@ -44,7 +44,7 @@ async def test_a_run_that_does_not_end_does_not_hold_the_cleanup(settings, monke
         assert not layer.groups.get(group_name(conversation_id))  # and out of the group, the cleanup's last step
     finally:
         release.set()
-        await asyncio.wait_for(asyncio.gather(*consumers.process_runs), 10)
+        await asyncio.wait_for(asyncio.gather(*registry.tasks), 10)
 
 
 @pytest.mark.asyncio
@@ -59,7 +59,7 @@ async def test_a_connection_the_server_kills_mid_cleanup_still_leaves_its_group(
         await release.wait()
         return "cancelled"
 
-    monkeypatch.setattr(consumers.AgentRun, "execute", stuck)
+    monkeypatch.setattr(runs.AgentRun, "execute", stuck)
     client = Client(user=user)
     conversation_id = (await client.hello())["conversation_id"]
     await client.prompt("Calculate 2+2")
@@ -72,4 +72,4 @@ async def test_a_connection_the_server_kills_mid_cleanup_still_leaves_its_group(
         assert not layer.groups.get(group_name(conversation_id))
     finally:
         release.set()
-        await asyncio.wait_for(asyncio.gather(*consumers.process_runs), 10)
+        await asyncio.wait_for(asyncio.gather(*registry.tasks), 10)

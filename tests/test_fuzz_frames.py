@@ -21,7 +21,7 @@ from django.contrib.auth import get_user_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentapp import consumers, protocol
+from agentapp import protocol, registry
 from agentapp.history import orphan_tool_uses
 from agentapp.models import Message, Run
 from tests.wsclient import Client
@@ -163,7 +163,7 @@ async def test_random_frames_never_break_the_consumer(fuzz_settings, user, frame
         assert frame.get("run_id") is not None, frame  # only late run frames may come first
     assert frame["code"] == protocol.ERR_INVALID_FRAME
     await client.close()
-    if consumers.process_runs:
-        await asyncio.wait_for(asyncio.gather(*consumers.process_runs, return_exceptions=True), timeout=10)
+    if registry.tasks:
+        await asyncio.wait_for(asyncio.gather(*registry.tasks, return_exceptions=True), timeout=10)
     await database_sync_to_async(check_database)(hello["conversation_id"])
     uuid.UUID(hello["conversation_id"])

@@ -10,7 +10,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from agentapp import consumers, protocol
+from agentapp import protocol, registry
 from agentapp.models import Run
 from tests.wsclient import Client
 
@@ -82,9 +82,9 @@ async def test_max_concurrent_runs_per_process(settings, user) -> None:
 
 async def consumers_settled() -> None:
     """Wait (bounded) until this process has no run task left."""
-    if consumers.process_runs:
-        await asyncio.wait_for(asyncio.gather(*consumers.process_runs, return_exceptions=True), timeout=10)
-    assert not consumers.process_runs
+    if registry.tasks:
+        await asyncio.wait_for(asyncio.gather(*registry.tasks, return_exceptions=True), timeout=10)
+    assert not registry.tasks
 
 
 @pytest.mark.asyncio
@@ -149,5 +149,5 @@ async def test_run_goes_on_after_disconnect_when_configured(layer, settings, use
     frames = await watcher.until_finished()
     assert frames[-1]["status"] == protocol.STATUS_CANCELLED
     await consumers_settled()
-    assert not consumers.runs_here
+    assert not registry.slots
     await watcher.close()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 
-from agentapp import consumers, protocol
+from agentapp import protocol, registry
 from agentapp.pacing import CLOSE_TOO_MANY_FRAMES, ERR_TOO_MANY_FRAMES, FramePace, Verdict
 from tests.wsclient import Client
 
@@ -65,13 +65,13 @@ def user(db):
 def database_cancels(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The conversations of every cancel that reached the database."""
     calls: list[str] = []
-    real = consumers._cancel_stored
+    real = registry._cancel_stored
 
     def counted(conversation_id: str, *args: Any) -> Any:
         calls.append(conversation_id)
         return real(conversation_id, *args)
 
-    monkeypatch.setattr(consumers, "_cancel_stored", counted)
+    monkeypatch.setattr(registry, "_cancel_stored", counted)
     return calls
 
 

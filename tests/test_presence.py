@@ -148,12 +148,13 @@ async def test_a_join_costs_one_message_per_process_not_per_watcher(layer, setti
 async def test_a_count_that_arrives_after_a_newer_one_is_ignored() -> None:
     """A burst of leaves is sent as separate group messages: they may cross, and the last to arrive is not the last
     taken. Each count carries its process's number, so a stale one never overwrites a newer one."""
-    from agentapp.presence import COUNT, ConversationView
+    from agentapp.messages import presence_message
+    from agentapp.presence import ConversationView
 
     view = ConversationView("c", None, "g")
 
     def count(value: int, number: int) -> dict[str, Any]:
-        return {"type": PRESENCE_MESSAGE_TYPE, "event": COUNT, "process": "other", "count": value, "number": number}
+        return dict(presence_message("other", value, number))
 
     await view.receive(count(94, 10))
     await view.receive(count(1, 12))

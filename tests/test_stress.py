@@ -17,7 +17,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from strands import Agent
 
-from agentapp import consumers, protocol
+from agentapp import protocol, registry
 from agentapp.agents import build_model
 from agentapp.history import orphan_tool_uses
 from agentapp.models import Message, Run
@@ -164,7 +164,7 @@ async def test_500_runs_leave_nothing_behind(stress_settings) -> None:
 
     left = await settled(before)
     assert left == set(), sorted(task.get_name() for task in left)
-    assert consumers.process_runs == set()
-    assert consumers.runs_here == {}
+    assert registry.tasks == set()
+    assert registry.slots == {}
     assert AGENTS and [agent for agent in AGENTS if agent._concurrency._invocation_lock.locked()] == []
     await database_sync_to_async(check_database)(list(paths.values()))

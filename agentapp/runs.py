@@ -1,0 +1,167 @@
+"""One prompt of a connection driven to its end: the agent, the run, the sinks its frames go to, and its errors.
+
+A run's frames go to three sinks, in order: the asker's socket, the run log (what a replay or resume reads), and
+the group broadcast (the process's room at once, other processes through the layer when they may watch). The run
+records itself (agentapp.recorder); this module only wires it and says why a prompt did not start.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from . import preparing, protocol, registry, runlog, titles
+from .access import is_authenticated
+from .approvals import StaleApprovalState
+from .broadcast import GroupBroadcaster
+from .conf import app_settings
+from .dbwork import db_call
+from .hub import Hub, LocalFirst, hub_for
+from .presence import views as presence_views
+from .recorder import AgentUnavailable, ConversationBusy, QuotaExceeded, cancel_approval
+from .runner import AgentRun
+
+logger = logging.getLogger(__name__)
+
+BUSY_MESSAGES = {
+    protocol.ERR_BUSY: "Another run is in progress in this conversation.",
+    protocol.ERR_AWAITING_APPROVAL: "A tool call waits for approval: answer it (interrupt_response) or cancel.",
+    protocol.ERR_NO_PENDING_APPROVAL: "No tool call of this conversation is waiting for approval.",
+    protocol.ERR_RATE_LIMITED: "Too many runs in the last minute; try again shortly.",
+}
+
+
+class Host(Protocol):
+    """The connection a run was started from, as the run sees it."""
+
+    conversation: Any
+    conversation_id: str
+    user: Any
+    agent: Any
+    channel_layer: Any
+    channel_name: str
+    group: str | None
+
+    async def send_frame(self, frame: dict[str, Any]) -> None:
+        """Queue a frame for the asker's socket."""
+
+    async def send_error(self, code: str, message: str) -> None:
+        """Send an ``error`` frame outside any run."""
+
+    async def announce_dead(self, run_id: str) -> None:
+        """Tell the asker and the group that a run whose process died was ended."""
+
+    def in_room(self) -> bool:
+        """Whether the connection follows its conversation through the process's room."""
+
+
+def _sinks(host: Host, run_id: str) -> tuple[list[Callable[[dict[str, Any]], Any]], GroupBroadcaster | None]:
+    """The sinks of a run's frames after the socket: its log and the group broadcast (none without a layer)."""
+    if host.channel_layer is None:
+        return [], None
+    conversation_id = host.conversation_id
+    # The log exists before the run's row does, so a connection that sees the row can get a replay.
+    log = runlog.start(run_id, conversation_id)
+    layer: Any = host.channel_layer
+    if host.in_room():
+        hub = hub_for(layer)
+        layer = LocalFirst(layer, hub, conversation_id, lambda: _others_may_watch(conversation_id, log, hub))
+    broadcaster = GroupBroadcaster(
+        layer,
+        host.group,
+        host.channel_name,
+        app_settings.BROADCAST_WINDOW_SECONDS,
+        log=log,
+        watched=lambda: _watched(conversation_id, host.channel_name, log),
+    )
+    return [log.note_sent, broadcaster.publish], broadcaster
+
+
+def _others_may_watch(conversation_id: str, log: runlog.RunLog, hub: Hub) -> bool:
+    """Whether a connection on another process may follow the run: one asked for its frames, another process counts
+    connections to the conversation, or this process no longer counts them (all its connections left)."""
+    view = presence_views.get(conversation_id)
+    return log.followed or view is None or bool(view.remote) or hub.room(conversation_id) is None
+
+
+def _watched(conversation_id: str, asker: str, log: runlog.RunLog) -> bool:
+    """Whether a connection besides the asker may follow its run: others are counted, or one asked for a replay."""
+    view = presence_views.get(conversation_id)
+    if log.followed or view is None:
+        return True
+    return view.watchers > (1 if asker in view.local else 0)
+
+
+async def drive(host: Host, slot: registry.Slot, prompt: str, resume: dict[str, Any] | None) -> None:
+    """Build the connection's agent if needed, run the prompt (or the approval answers) and hand on its frames."""
+    try:
+        if host.agent is None:
+            try:
+                host.agent = await preparing.build_off_thread(host.conversation, host.user)
+            except Exception as exc:
+                await _unavailable(host, exc)
+                return
+        await _execute(host, slot, prompt, resume)
+    finally:
+        registry.release(slot)
+
+
+async def _execute(host: Host, slot: registry.Slot, prompt: str, resume: dict[str, Any] | None) -> None:
+    agent, conversation_id = host.agent, host.conversation_id
+    sinks: list[Callable[[dict[str, Any]], Any]] = []
+
+    async def emit(frame: dict[str, Any]) -> None:
+        await host.send_frame(frame)
+        for sink in sinks:
+            sink(frame)
+
+    run = AgentRun(
+        agent,
+        prompt,
+        conversation_id,
+        emit,
+        user_id=host.user.pk if is_authenticated(host.user) else None,
+        resume_of=resume["run_id"] if resume else None,
+        responses=resume["responses"] if resume else None,
+        runs_per_minute=app_settings.RUNS_PER_USER_PER_MINUTE,
+        prepare=lambda: preparing.give_history(agent, conversation_id, resume["state"] if resume else None),
+        announce_dead=host.announce_dead,
+    )
+    more, broadcaster = _sinks(host, run.run_id)
+    sinks.extend(more)
+    slot.attach(run)
+    started = True
+    try:
+        titles.after_run(conversation_id, run.run_id, await run.execute(app_settings.RUN_TIME_LIMIT_SECONDS))
+    except QuotaExceeded as spent:
+        started = False
+        await host.send_frame(
+            {**protocol.error_frame(conversation_id, spent.code, spent.message), "resets_at": spent.resets_at}
+        )
+    except ConversationBusy as busy:
+        started = False
+        await host.send_error(busy.code, BUSY_MESSAGES.get(busy.code, BUSY_MESSAGES[protocol.ERR_BUSY]))
+    except AgentUnavailable as unavailable:
+        started = False
+        await _unavailable(host, unavailable.__cause__)
+    except Exception:
+        # AgentRun.execute reports its own failures; whatever escapes still reaches the client, never a log only.
+        logger.exception("agentapp: run %s of %s failed", run.run_id, conversation_id)
+        await host.send_error(protocol.ERR_RUN_FAILED, "The run failed.")
+    finally:
+        registry.release(slot)  # a new prompt is taken while the broadcast flushes (the next run waits for it)
+        if broadcaster is not None:
+            await broadcaster.close()
+            runlog.retire(run.run_id, app_settings.RUN_LOG_KEEP_SECONDS if started else 0)
+
+
+async def _unavailable(host: Host, cause: BaseException | None) -> None:
+    """Tell the asker why its prompt did not start: the agent could not be built or given its history."""
+    if isinstance(cause, StaleApprovalState):
+        logger.warning("agentapp: the approval state of %s no longer fits its history", host.conversation_id)
+        await db_call(cancel_approval)(host.conversation_id, "agentapp")
+        await host.send_error(protocol.ERR_RUN_FAILED, "The pending approval no longer fits the conversation.")
+        return
+    logger.error("agentapp: could not build the agent for %s", host.conversation_id, exc_info=cause)
+    await host.send_error(protocol.ERR_RUN_FAILED, "The agent could not be started.")
