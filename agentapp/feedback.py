@@ -109,7 +109,7 @@ async def on_frame(consumer: AgentConsumer, frame: protocol.ClientFrame) -> None
         await consumer.send_error(refused.code, refused.message)
         return
     out = feedback_frame(consumer.conversation_id, given)
-    await consumer._deliver([out])
+    await consumer.deliver([out])
     if consumer.channel_layer is not None:
         message = feedback_message(out, consumer.channel_name)
         await layer_call(consumer.channel_layer.group_send(consumer.group, message), "group_send")

@@ -17,7 +17,7 @@ import math
 import re
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, NotRequired, TypedDict
 
 from .conf import app_settings
@@ -666,11 +666,26 @@ def _other_payloads(event: Mapping[str, Any], tool_names: Mapping[str, str]) -> 
 
 @dataclass
 class RunFrames:
-    """Adds the envelope (conversation, run, increasing seq) to the payloads of one run."""
+    """Turns one run's Strands events into payloads and adds the envelope (conversation, run, increasing seq)."""
 
     conversation_id: str
     run_id: str
     seq: int = 0
+    # The name of each tool call seen so far, by toolUseId: its result's frame carries it.
+    tool_names: dict[str, str] = field(default_factory=dict)
+
+    def payloads(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The payloads of one ``stream_async`` event (see ``payloads_for_event``), tool calls named on the way."""
+        tool_use = event.get(CURRENT_TOOL_USE)
+        if isinstance(tool_use, Mapping) and tool_use.get("toolUseId"):
+            self.tool_names[str(tool_use["toolUseId"])] = str(tool_use.get("name", ""))
+        return payloads_for_event(event, self.tool_names)
+
+    def know_tool_uses(self, message: Mapping[str, Any]) -> None:
+        """Name the tool calls of a message stored before this run (the paused call a resume answers)."""
+        for block in message.get("content") or []:
+            if isinstance(block, Mapping) and isinstance(block.get("toolUse"), Mapping):
+                self.tool_names[str(block["toolUse"].get("toolUseId"))] = str(block["toolUse"].get("name", ""))
 
     def frame(self, payload: dict[str, Any]) -> Frame:
         """Stamp a payload with this run's ids and the next seq."""
@@ -743,39 +758,39 @@ MAX_JSON_ITEMS = 1000
 _JSON_STRING_RE = re.compile(r'"(?:[^"\\]++|\\.)*+"?')
 
 
-def _structure(text: str) -> tuple[int, str]:
+def _structure(text: str, max_items: int) -> tuple[int, str]:
     """How many arrays, objects and separators JSON text holds, and the text it counted them in.
 
-    Strings are taken out (in one linear pass) only when the raw count is over ``MAX_JSON_ITEMS``.
+    Strings are taken out (in one linear pass) only when the raw count is over ``max_items``.
     """
     count = text.count("[") + text.count("{") + text.count(",")
-    if count > MAX_JSON_ITEMS:
+    if count > max_items:
         text = _JSON_STRING_RE.sub("", text)
         count = text.count("[") + text.count("{") + text.count(",")
     return count, text
 
 
-def _too_big(structure: str, depth_limit: int) -> ProtocolError:
-    """The refusal of JSON over ``MAX_JSON_ITEMS``: ``too_deep`` when it opens more levels in a row than allowed."""
+def _too_big(structure: str, depth_limit: int, max_items: int) -> ProtocolError:
+    """The refusal of JSON over ``max_items``: ``too_deep`` when it opens more levels in a row than allowed."""
     if re.search(rf"(?:[\[{{][\s:]*+){{{depth_limit + 1}}}", structure):
         return ProtocolError(ERR_TOO_DEEP, f"JSON may nest arrays and objects at most {depth_limit} levels deep.")
-    return ProtocolError(ERR_TOO_COMPLEX, f"JSON may hold at most {MAX_JSON_ITEMS} arrays, objects and values.")
+    return ProtocolError(ERR_TOO_COMPLEX, f"JSON may hold at most {max_items} arrays, objects and values.")
 
 
-def decode_json(data: str | bytes, max_depth: int | None = None) -> Any:
+def decode_json(data: str | bytes, max_depth: int | None = None, max_items: int = MAX_JSON_ITEMS) -> Any:
     """Parse JSON a client sent, raising ProtocolError ``invalid_json``, ``too_deep`` or ``too_complex`` only.
 
     Bytes must be UTF-8; NaN, Infinity, non-finite and over-long numbers are refused; ``max_depth`` defaults to
-    the ``MAX_JSON_DEPTH`` setting.
+    the ``MAX_JSON_DEPTH`` setting; ``max_items`` counts arrays, objects and values before anything is parsed.
     """
     limit = app_settings.MAX_JSON_DEPTH if max_depth is None else max_depth
     too_deep = ProtocolError(ERR_TOO_DEEP, f"JSON may nest arrays and objects at most {limit} levels deep.")
     try:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
-        count, structure = _structure(text)
-        if count > MAX_JSON_ITEMS:
+        count, structure = _structure(text, max_items)
+        if count > max_items:
             # Counted before parsing: thousands of tiny arrays cost tens of milliseconds to build and walk.
-            raise _too_big(structure, limit) from None
+            raise _too_big(structure, limit, max_items) from None
         value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
     except RecursionError:  # the C scanner recurses per level: far deeper than any limit
         raise too_deep from None

@@ -21,7 +21,7 @@ from . import heartbeat, leases, quotas, usage
 from .dbwork import db_call
 from .history import INTERRUPTED_TOOL_TEXT, UNANSWERED_NOTE, asks, error_results_for, orphan_tool_uses
 from .models import Conversation, Message, Run
-from .protocol import STATUS_AWAITING_APPROVAL, STATUS_FAILED, from_storable, tool_results_in
+from .protocol import DATA, STATUS_AWAITING_APPROVAL, STATUS_FAILED, from_storable, tool_results_in
 from .storable import storable, storable_text
 from .transcript import write_message
 
@@ -243,7 +243,8 @@ def finish_run(run_id: Any, conversation_id: Any, outcome: Mapping[str, Any]) ->
 
 
 class RunRecorder:
-    """Follows one run's events and writes them in order from a background writer task.
+    """Follows one run (its text frames, and its agent's messages through ``agentapp.recording``) and writes it in
+    order from a background writer task.
 
     While the run streams, the process's ticker (agentapp.heartbeat) saves the assistant text so far every
     ``PARTIAL_SAVE_SECONDS`` (one row, overwritten, then replaced by the complete message) and renews the run's lease:
@@ -290,6 +291,8 @@ class RunRecorder:
         self._saved_version = 0  # deltas saved in the draft row
         # Runs of the conversation whose process died, ended when this one was stored (to be announced).
         self.ended_dead: list[str] = []
+        # Set by the first message added after the prompt (or the paused call a resume answers).
+        self._answered = False
 
     async def start(self, prepare: Callable[[], Any] | None = None) -> Any:
         """Write the Run and its prompt, then start the writer task; return what ``prepare`` returned.
@@ -329,32 +332,47 @@ class RunRecorder:
     def seed(self, message: Mapping[str, Any]) -> None:
         """Know an already stored message (the paused tool call a resume answers) without writing it again."""
         self.messages.append(dict(message))
-        self._note_tool_uses(message, time.monotonic())
+        self._note_tool_uses(message)
+        self._answered = True
 
-    def _note_tool_uses(self, message: Mapping[str, Any], now: float) -> None:
-        """Remember each tool call of an assistant message, to name and time its result."""
+    def _note_tool_uses(self, message: Mapping[str, Any]) -> None:
+        """Remember each tool call of an assistant message, to name its result and give it its duration."""
         for block in message.get("content") or []:
             if isinstance(block, Mapping) and isinstance(block.get("toolUse"), Mapping):
                 tool_use = block["toolUse"]
                 self.tool_calls[str(tool_use.get("toolUseId", ""))] = {
                     "name": str(tool_use.get("name", "")),
                     "input": tool_use.get("input", {}),
-                    "started": now,
                 }
 
-    def observe(self, event: Mapping[str, Any]) -> None:
-        """Note one stream_async event; complete messages are queued for writing."""
-        if isinstance(event.get("data"), str):
-            self.pending_text.append(event["data"])
+    ### What the run tells it: frames (text) and Strands hooks (agentapp.recording) ###
+
+    def note(self, payload: Mapping[str, Any]) -> None:
+        """One frame payload of the run: a text delta is kept until its message is added (or saved as a draft)."""
+        if payload["type"] == DATA:
+            self.pending_text.append(payload[DATA])
             self._text_version += 1
-        elif "event_loop_throttled_delay" in event:
-            # Strands retries the model call from scratch: the text of the failed attempt is not part of the answer.
+
+    def model_call_starts(self) -> None:
+        """A model call starts: text kept from an attempt that failed (a throttle, a retry) is not the answer's."""
+        if self.pending_text:
             self.pending_text = []
             self._text_version += 1
-        elif isinstance(event.get("message"), Mapping):
-            self._on_message(event["message"])
 
-    def _on_message(self, message: Mapping[str, Any]) -> None:
+    def tool_done(self, tool_use_id: str, duration: float | None) -> None:
+        """A tool call finished after ``duration`` seconds (None: it never ran); its result row carries it."""
+        call = self.tool_calls.get(tool_use_id)
+        if call is not None and duration is not None:
+            call["duration_ms"] = int(duration * 1000)
+
+    def added(self, message: Mapping[str, Any]) -> None:
+        """The agent added a message to its history: queue it for writing, in that order.
+
+        The prompt the run started with is already stored (``create_run``), so it is skipped.
+        """
+        if not self._answered and message.get("role") == "user" and next(tool_results_in(message), None) is None:
+            return
+        self._answered = True
         partial = False
         content = message.get("content") or []
         if message.get("role") == "assistant" and self.cancelling and not any("toolUse" in block for block in content):
@@ -363,13 +381,8 @@ class RunRecorder:
             if self.pending_text:
                 message = {"role": "assistant", "content": [{"text": "".join(self.pending_text)}]}
         self.pending_text = []
-        now = time.monotonic()
         if message.get("role") == "assistant":
-            self._note_tool_uses(message, now)
-        for result in tool_results_in(message):
-            call = self.tool_calls.get(str(result.get("toolUseId", "")))
-            if call is not None and "started" in call:
-                call["duration_ms"] = int((now - call.pop("started")) * 1000)
+            self._note_tool_uses(message)
         self._enqueue_message(dict(message), partial)
 
     def _enqueue_message(self, message: dict[str, Any], partial: bool) -> None:

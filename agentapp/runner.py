@@ -1,7 +1,8 @@
 """One run of an agent: drive ``stream_async``, turn events into frames, hand them on, record them.
 
-The path of an event reads top to bottom: agent stream -> protocol (whitelist) -> emit (socket and
-group) -> recorder (database). The stream is always closed, whatever ends the run.
+The path of an event reads top to bottom: agent stream -> frames (``protocol.RunFrames``, the whitelist) -> the
+recorder (its text) and emit (socket, log, group). The recorder gets the agent's messages from Strands hooks
+(agentapp.recording). The stream is always closed, whatever ends the run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from strands.types.exceptions import ContextWindowOverflowException, ModelThrott
 from . import approvals, protocol, tracing, usage
 from .history import prompt_input
 from .recorder import AgentUnavailable, ConversationBusy, RunRecorder
+from .recording import recording_of
 from .storable import storable
 
 logger = logging.getLogger(__name__)
@@ -79,7 +81,6 @@ class AgentRun:
         )
         self.recorder.runs_per_minute = self.runs_per_minute
         self.recorder.on_trouble = self._fail_with
-        self.tool_names: dict[str, str] = {}
         self.status = protocol.STATUS_COMPLETED
         self.stop_reason = ""
         self.timed_out = ""
@@ -101,6 +102,7 @@ class AgentRun:
         self.cancel()
 
     async def _send(self, payload: dict[str, Any]) -> None:
+        self.recorder.note(payload)
         await self.emit(self.frames.frame(payload))
 
     async def execute(self, time_limit: float) -> str:
@@ -118,6 +120,8 @@ class AgentRun:
         if prepared is not None:
             self.agent = prepared
         tracing.tag_run(self.agent, self.conversation_id, self.run_id, self.user_id)  # spans name the run
+        recording = recording_of(self.agent)
+        recording.recorder = self.recorder  # the agent's messages and tool calls reach the recorder (hooks)
         outcome: dict[str, Any] = {}
         timer = asyncio.get_running_loop().call_later(time_limit, self._time_out, time_limit)
         stream = None
@@ -161,9 +165,7 @@ class AgentRun:
         if self.agent.messages:
             paused = self.agent.messages[-1]
             self.recorder.seed(paused)
-            for block in paused.get("content") or []:
-                if isinstance(block, dict) and isinstance(block.get("toolUse"), dict):
-                    self.tool_names[str(block["toolUse"].get("toolUseId"))] = str(block["toolUse"].get("name", ""))
+            self.frames.know_tool_uses(paused)
         return approvals.responses_prompt(self.responses or {})
 
     def _settle(self, outcome: dict[str, Any]) -> None:
@@ -187,10 +189,7 @@ class AgentRun:
     async def _forward(self, event: dict[str, Any], outcome: dict[str, Any]) -> None:
         if "tool_interrupt_event" in event:
             await self._send({"type": protocol.INTERRUPT, "interrupts": approvals.interrupt_payloads(event)})
-        tool_use = event.get("current_tool_use")
-        if isinstance(tool_use, dict) and tool_use.get("toolUseId"):
-            self.tool_names[str(tool_use["toolUseId"])] = str(tool_use.get("name", ""))
-        for payload in protocol.payloads_for_event(event, self.tool_names):
+        for payload in self.frames.payloads(event):
             if payload["type"] == protocol.RESULT:
                 self.stop_reason = payload[protocol.RESULT]["stop_reason"]
                 outcome.update(
@@ -199,7 +198,6 @@ class AgentRun:
                     stop_reason=self.stop_reason,
                 )
             await self._send(payload)
-        self.recorder.observe(event)
 
     async def _close(self, stream: Any, outcome: dict[str, Any]) -> None:
         if stream is not None:
@@ -207,6 +205,9 @@ class AgentRun:
                 await stream.aclose()
             except Exception:
                 logger.exception("agentapp: closing the stream of run %s failed", self.run_id)
+        recording = recording_of(self.agent)
+        if recording.recorder is self.recorder:
+            recording.recorder = None  # the agent's next run has a recorder of its own
         outcome["status"] = self.status
         outcome.setdefault("stop_reason", self.stop_reason)
         outcome["model_id"] = usage.model_id_of(self.agent)  # priced by PRICING (agentapp.usage)

@@ -1,8 +1,8 @@
-"""One prompt of a connection driven to its end: the agent, the run, the sinks its frames go to, and its errors.
+"""One prompt of a connection, from its checks to its end: the agent, the run, the sinks its frames go to, its errors.
 
 A run's frames go to three sinks, in order: the asker's socket, the run log (what a replay or resume reads), and
 the group broadcast (the process's room at once, other processes through the layer when they may watch). The run
-records itself (agentapp.recorder); this module only wires it and says why a prompt did not start.
+records itself (agentapp.recorder); this module only starts and wires it, and says why a prompt did not start.
 """
 
 from __future__ import annotations
@@ -11,15 +11,17 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from channels.db import database_sync_to_async
+
 from . import preparing, protocol, registry, runlog, titles
-from .access import is_authenticated
+from .access import is_authenticated, is_stored, store_new
 from .approvals import StaleApprovalState
 from .broadcast import GroupBroadcaster
 from .conf import app_settings
 from .dbwork import db_call
 from .hub import Hub, LocalFirst, hub_for
 from .presence import views as presence_views
-from .recorder import AgentUnavailable, ConversationBusy, QuotaExceeded, cancel_approval
+from .recorder import AgentUnavailable, ConversationBusy, QuotaExceeded, cancel_approval, pending_approval
 from .runner import AgentRun
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,54 @@ class Host(Protocol):
 
     def in_room(self) -> bool:
         """Whether the connection follows its conversation through the process's room."""
+
+    def run_started(self, slot: registry.Slot) -> None:
+        """The connection's prompt was accepted: ``slot`` holds its run until the run ends."""
+
+
+def user_label(user: Any) -> str:
+    """The name a connection's user signs its approval answers and cancels with."""
+    return user.get_username() if is_authenticated(user) else "anonymous"
+
+
+async def start(host: Host, prompt: str, resume: dict[str, Any] | None = None) -> None:
+    """Start a run in a task, so the connection keeps reading frames (a cancel) while it streams; or say why not."""
+    conversation_id = host.conversation_id
+    busy = registry.slot_of(conversation_id)
+    if busy is not None:
+        mine = busy.owner == host.channel_name
+        message = "A run is already in progress on this connection." if mine else BUSY_MESSAGES[protocol.ERR_BUSY]
+        await host.send_error(protocol.ERR_BUSY, message)
+        return
+    if registry.full():
+        await host.send_error(protocol.ERR_SERVER_BUSY, "The server runs too many agents now; try again shortly.")
+        return
+    if not is_stored(host.conversation):  # the first prompt of a fresh conversation writes its row
+        refused = await db_call(store_new)(host.conversation)
+        if refused is not None:
+            await host.send_error(refused.code, refused.message)
+            return
+    slot = registry.claim(conversation_id, host.channel_name)
+    if slot is None:  # another connection's prompt was accepted while the row was written
+        await host.send_error(protocol.ERR_BUSY, BUSY_MESSAGES[protocol.ERR_BUSY])
+        return
+    host.run_started(slot)
+    registry.start(conversation_id, drive(host, slot, prompt, resume), slot)
+
+
+async def answer(host: Host, responses: dict[str, dict[str, str]]) -> None:
+    """Resume the run paused for approval with these answers, signed with the connection's user."""
+    pending = await database_sync_to_async(pending_approval)(host.conversation_id)
+    if pending is None:
+        await host.send_error(protocol.ERR_NO_PENDING_APPROVAL, BUSY_MESSAGES[protocol.ERR_NO_PENDING_APPROVAL])
+        return
+    known = {interrupt["id"] for interrupt in pending["interrupts"]}
+    if not set(responses) <= known:
+        await host.send_error(protocol.ERR_UNKNOWN_INTERRUPT, "No pending approval has this interrupt id.")
+        return
+    user = user_label(host.user)
+    answers = {interrupt_id: {**reply, "user": user} for interrupt_id, reply in responses.items()}
+    await start(host, "", resume={"run_id": pending["run_id"], "state": pending["state"], "responses": answers})
 
 
 def _sinks(host: Host, run_id: str) -> tuple[list[Callable[[dict[str, Any]], Any]], GroupBroadcaster | None]:

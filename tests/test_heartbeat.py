@@ -187,11 +187,11 @@ async def test_a_message_waits_for_the_tick_that_saves_its_text_even_from_anothe
     async with ThreadSensitiveContext():
         run = recorder.RunRecorder(conversation.pk, run_id, user.pk, "Say hello")
         await run.start()
-        run.observe({"data": "Hello "})
+        run.note({"type": "data", "data": "Hello "})
         tick = asyncio.create_task(heartbeat.ticker().tick(), context=contextvars.Context())  # as the ticker's own
         assert await asyncio.to_thread(entered.wait, 10)  # the text is being saved, in the ticker's hop
-        run.observe({"data": "world."})
-        run.observe({"message": {"role": "assistant", "content": [{"text": "Hello world."}]}})
+        run.note({"type": "data", "data": "world."})
+        run.added({"role": "assistant", "content": [{"text": "Hello world."}]})
         finished = asyncio.create_task(run.finish({"status": protocol.STATUS_COMPLETED}))
         done, _ = await asyncio.wait([finished], timeout=0.3)
         assert not done  # the message waits for the save it replaces

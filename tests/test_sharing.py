@@ -213,9 +213,9 @@ async def test_role_changes_reach_open_connections(settings, people, shared):
 async def test_a_change_announced_while_a_socket_connects_still_applies(people, shared, monkeypatch, change):
     """The role is read, the owner removes (or demotes) the user and it is announced, then the socket joins the
     group: the announcement was missed, so the role read again after joining must apply."""
-    from agentapp import consumers
+    from agentapp import opening
 
-    real_open = consumers.open_with_role
+    real_open = opening.open_with_role
 
     def open_then_change(*args: Any) -> Any:
         opened = real_open(*args)
@@ -225,7 +225,7 @@ async def test_a_change_announced_while_a_socket_connects_still_applies(people, 
             share(shared, "bob", "viewer")
         return opened
 
-    monkeypatch.setattr(consumers, "open_with_role", open_then_change)
+    monkeypatch.setattr(opening, "open_with_role", open_then_change)
     bob = Client(f"/ws/agent/{shared.pk}/", user=people["bob"])
     if change == "removed":
         await bob.connect()
