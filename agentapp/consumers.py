@@ -286,6 +286,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
         """Queue one frame for the socket as JSON text; a socket too far behind is closed as a slow consumer."""
         await self.sender.send_frame(frame)
 
+    async def flush(self) -> None:
+        """Let the frames queued so far leave before more are queued (``sending.Sender.flush``)."""
+        await self.sender.flush()
+
     def queue_frame(self, frame: dict[str, Any]) -> bool:
         """Put a frame in the outbox; False (and the socket closed as a slow consumer) when it is too far behind."""
         return self.sender.queue_frame(frame)

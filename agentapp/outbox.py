@@ -125,6 +125,9 @@ class Outbox:
         if flow is not None:
             flow.on_drain(self._wake.set)
         self.backlog = 0  # frames put and not yet written
+        self._queued = 0  # entries queued so far (a merged delta joins an entry)
+        self._handled = 0  # entries the writer took and wrote (or dropped)
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # ``written`` calls: the entry count each awaits
         self.task = asyncio.create_task(self._drain(), name="agentapp-outbox")
 
     def put(self, frame: dict[str, Any]) -> bool:
@@ -137,8 +140,28 @@ class Outbox:
         self.backlog += 1
         if not (self._queue and self._queue[-1].merge(frame)):
             self._queue.append(_Queued(frame))
+            self._queued += 1
             self._ready.set()
         return True
+
+    async def written(self) -> None:
+        """Wait until every frame queued so far has been handed to the server (or the outbox is closed)."""
+        if self._handled >= self._queued or self.closed:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._queued, waiter))
+        await waiter
+
+    def _wake_waiters(self, everyone: bool = False) -> None:
+        """Release the ``written`` calls whose frames are all handed over (all of them when ``everyone``)."""
+        waiting = []
+        for target, waiter in self._waiters:
+            if everyone or self._handled >= target:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                waiting.append((target, waiter))
+        self._waiters = waiting
 
     def finish(self, messages: list[dict[str, Any]], drop_waiting: bool = False) -> None:
         """Queue these last ASGI messages whatever the limit (ending with a close), maybe dropping those waiting."""
@@ -150,11 +173,13 @@ class Outbox:
         self._ready.set()
         self._wake.set()
         self.closed = True
+        self._wake_waiters(everyone=True)  # nothing is worth waiting for on a closing socket
 
     def stop(self) -> None:
         """Write nothing more: the socket is gone."""
         self.closed = True
         self.task.cancel()
+        self._wake_waiters(everyone=True)
 
     async def _drain(self) -> None:
         while True:
@@ -173,6 +198,9 @@ class Outbox:
                 await self._write(message)
             except Exception:
                 logger.debug("agentapp: dropped a message for a closed socket", exc_info=True)
+            self._handled += 1
+            if self._waiters:
+                self._wake_waiters()
             if message["type"] == "websocket.close":
                 self.closed = True
                 if self.flow is not None and not await self._drained(closing=True):

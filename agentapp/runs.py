@@ -48,6 +48,9 @@ class Host(Protocol):
     async def send_frame(self, frame: dict[str, Any]) -> None:
         """Queue a frame for the asker's socket."""
 
+    async def flush(self) -> None:
+        """Let the frames queued for the asker's socket so far leave before more are queued."""
+
     async def send_error(self, code: str, message: str) -> None:
         """Send an ``error`` frame outside any run."""
 
@@ -160,11 +163,16 @@ async def drive(host: Host, slot: registry.Slot, prompt: str, resume: dict[str, 
 async def _execute(host: Host, slot: registry.Slot, prompt: str, resume: dict[str, Any] | None) -> None:
     agent, conversation_id = host.agent, host.conversation_id
     sinks: list[Callable[[dict[str, Any]], Any]] = []
+    first_text = True
 
     async def emit(frame: dict[str, Any]) -> None:
+        nonlocal first_text
         await host.send_frame(frame)
         for sink in sinks:
             sink(frame)
+        if first_text and frame["type"] == protocol.DATA:
+            first_text = False
+            await host.flush()  # the first token leaves now, not merged with those the model streams right after it
 
     run = AgentRun(
         agent,

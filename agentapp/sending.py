@@ -16,6 +16,12 @@ from .outbox import Outbox, write_flow
 
 logger = logging.getLogger(__name__)
 
+# Loop passes ``flush`` gives a server that writes a handed-over frame on a later pass (daphne's reactor watches the
+# socket for writing): asyncio runs the I/O callbacks it polls after the callbacks already waiting, so two passes.
+SERVER_WRITE_PASSES = 2
+# The longest ``flush`` holds its caller (a run) for its frames to be handed to the server.
+FLUSH_WAIT_SECONDS = 0.1
+
 
 class Connection(Protocol):
     """The connection a ``Sender`` writes for, as the sender sees it."""
@@ -53,6 +59,23 @@ class Sender:
             return
         if self.queue_frame(frame) and outbox.backlog > outbox.limit // 2:
             await asyncio.sleep(0)  # let the writer task run before a burst of frames fills the queue
+
+    async def flush(self) -> None:
+        """Let the frames queued so far leave now, before the caller queues more (a run's first text delta).
+
+        A run whose model streams faster than the event loop turns (the offline model, a burst from a provider) would
+        otherwise have its first delta merged with all those after it, and written only when the run next yields.
+        """
+        outbox = self.outbox
+        if outbox is None or outbox.closed or (outbox.flow is not None and outbox.flow.paused):
+            return  # a client that is not reading gets nothing sooner by waiting here
+        try:
+            async with asyncio.timeout(FLUSH_WAIT_SECONDS):
+                await outbox.written()
+        except TimeoutError:
+            return
+        for _ in range(SERVER_WRITE_PASSES):
+            await asyncio.sleep(0)
 
     def queue_frame(self, frame: dict[str, Any]) -> bool:
         """Put a frame in the outbox; False (and the socket closed as a slow consumer) when it is too far behind."""

@@ -7,9 +7,12 @@ import json
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 
 from agentapp import protocol
 from agentapp.outbox import FLOW_EXTENSION, Outbox, write_flow
+from tests.frames import deltas
+from tests.wsclient import Client
 
 
 def data(seq: int, text: str, run_id: str = "r1") -> dict[str, Any]:
@@ -78,6 +81,28 @@ async def test_an_idle_socket_gets_each_delta_alone_and_a_full_one_overflows():
     assert outbox.put(data(4, "a ")) and outbox.put(data(5, "b "))  # merged into one entry, counted as two
     assert not outbox.put(data(6, "c ")) and outbox.overflowed
     outbox.stop()
+
+
+@pytest.mark.asyncio
+async def test_written_returns_once_the_frames_queued_before_it_are_handed_to_the_server():
+    socket = GatedSocket()
+    outbox = Outbox(socket.send, limit=10)
+    assert outbox.put(data(0, "a ")) and outbox.put({"type": protocol.RESULT, "run_id": "r1", "seq": 1})
+    waiting = asyncio.create_task(outbox.written())
+    await asyncio.sleep(0)
+    assert outbox.put(data(2, "b "))  # queued after the call: not waited for
+    assert not waiting.done()
+    socket.gate.set()
+    await asyncio.wait_for(waiting, 5)
+    assert [frame["seq"] for frame in socket.written][:2] == [0, 1]
+    await outbox.written()
+    assert [frame["seq"] for frame in socket.written] == [0, 1, 2]
+    socket.gate.clear()
+    assert outbox.put(data(3, "c "))
+    held = asyncio.create_task(outbox.written())
+    await asyncio.sleep(0)
+    outbox.stop()  # a socket that goes away releases whoever waits for it
+    await asyncio.wait_for(held, 5)
 
 
 class FakeFlow:
@@ -190,3 +215,23 @@ async def test_a_close_that_drains_keeps_the_frames_before_it_and_does_not_drop_
     assert await socket.until(2) == [data(0, "a "), {"type": "websocket.close", "code": 1000}]
     await asyncio.wait_for(outbox.task, 5)
     assert not flow.aborted.is_set()
+
+
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user("ada", password="x")
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_runs_first_token_leaves_alone_though_the_model_streams_the_rest_without_a_pause(settings, user):
+    settings.AGENTAPP = {"OFFLINE_TOKENS_PER_SECOND": 0}  # every delta of the answer is ready at once
+    client = Client(user=user)
+    await client.hello()
+    await client.prompt("Hello")
+    frames = await client.until_finished()
+    await client.close()
+    texts = [frame for frame in frames if frame["type"] == protocol.DATA]
+    assert "seq_first" not in texts[0]  # written before the second delta was queued
+    assert any("seq_first" in frame for frame in texts[1:])  # the rest still merge while the writer catches up
+    assert deltas(texts) > len(texts)
