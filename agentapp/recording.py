@@ -8,11 +8,12 @@ Text deltas come from the run's frames (``RunRecorder.note``), not from the raw 
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from strands import Agent
 from strands.hooks import AfterToolCallEvent, BeforeModelCallEvent, HookProvider, HookRegistry, MessageAddedEvent
+
+from .agenthooks import attached
 
 if TYPE_CHECKING:
     from .recorder import RunRecorder
@@ -44,13 +45,6 @@ class Recording(HookProvider):
             self.recorder.tool_done(str(event.tool_use.get("toolUseId", "")), duration)
 
 
-_recordings: weakref.WeakKeyDictionary[Agent, Recording] = weakref.WeakKeyDictionary()
-
-
 def recording_of(agent: Agent) -> Recording:
     """The agent's ``Recording`` hooks, added to it the first time."""
-    recording = _recordings.get(agent)
-    if recording is None:
-        recording = _recordings[agent] = Recording()
-        agent.hooks.add_hook(recording)
-    return recording
+    return attached(agent, Recording)
