@@ -13,7 +13,7 @@ import asyncio
 import logging
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from . import presence, protocol
@@ -34,6 +34,23 @@ logger = logging.getLogger(__name__)
 
 # Marks group messages this process already handed to its own rooms: the copy the layer brings back is skipped.
 HUB_ID = uuid.uuid4().hex
+
+
+async def received(
+    receive: Callable[[], Awaitable[dict[str, Any]]], layer: Any, recover: Callable[[], Awaitable[Any]]
+) -> AsyncIterator[dict[str, Any]]:
+    """The messages ``receive`` gets from the layer, for ever: after a receive that failed, ``recover`` runs first."""
+    while True:
+        try:
+            message = await receive()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            layer_health.failed("receive", exc)
+            await recover()
+            continue
+        watch_receive_cleaners(layer)
+        yield message
 
 
 class Member(Protocol):
@@ -93,19 +110,8 @@ class Room:
 
     async def _listen(self, joined: bool) -> None:
         if not joined:
-            await self._rejoin()
-            self.deliver(rejoined_message())
-        while True:
-            try:
-                message = await self.layer.receive(self.channel)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                layer_health.failed("receive", exc)
-                await self._rejoin()
-                self.deliver(rejoined_message())
-                continue
-            watch_receive_cleaners(self.layer)
+            await self._back()
+        async for message in received(lambda: self.layer.receive(self.channel), self.layer, self._back):
             if message.get("type") == PRESENCE_MESSAGE_TYPE:
                 # Once per process: every local connection shares the conversation's count.
                 view = presence.views.get(self.conversation_id)
@@ -113,6 +119,11 @@ class Room:
                     await view.receive(message)
             elif message.get("via") != HUB_ID:
                 self.deliver(message)
+
+    async def _back(self) -> None:
+        """Join the group again, then tell the local connections to ask for what they missed meanwhile."""
+        await self._rejoin()
+        self.deliver(rejoined_message())
 
     async def _rejoin(self) -> None:
         """The layer may have lost the group (a Redis restart does), or never had it: join again until it works."""
@@ -247,12 +258,5 @@ class Inbox:
     async def _move(self, layer: Any, receive: Callable[[], Any]) -> None:
         # A receive that fails (Redis away) is retried: raising would end the consumer, and with it the socket and the
         # run it streams. The room notices the outage too, and tells its connections when it is back.
-        while True:
-            try:
-                message = await receive()
-            except Exception as exc:
-                layer_health.failed("receive", exc)
-                await asyncio.sleep(app_settings.BROADCAST_RETRY_SECONDS)
-                continue
-            watch_receive_cleaners(layer)
+        async for message in received(receive, layer, lambda: asyncio.sleep(app_settings.BROADCAST_RETRY_SECONDS)):
             self._queue.put_nowait(message)
