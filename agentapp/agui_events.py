@@ -1,8 +1,9 @@
 """AG-UI translation: agentapp's server frames (docs/protocol.md) in, AG-UI events (``ag_ui.core``) out.
 
 ``RunTranslator`` reads the frames that answer one AG-UI request, in order, and yields the events of one AG-UI run;
-``snapshot_messages`` turns the stored history of a ``conversation`` frame into AG-UI messages. No I/O here: the
-view in ``agentapp.agui`` drives it. docs/agui.md has the mapping table.
+``snapshot_messages`` turns the stored history of a ``conversation`` frame into AG-UI messages; ``state_delta`` is the
+JSON Patch between two ``agent.state`` values. No I/O here: the view in ``agentapp.agui`` drives it. docs/agui.md has
+the mapping table.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from ag_ui.core import (
     RunFinishedInterruptOutcome,
     RunFinishedSuccessOutcome,
     RunStartedEvent,
+    StateDeltaEvent,
+    StateSnapshotEvent,
     TextMessageContentEvent,
     TextMessageEndEvent,
     TextMessageStartEvent,
@@ -44,6 +47,7 @@ from ag_ui.core import (
 )
 
 from . import protocol
+from .agui_tools import is_frontend_interrupt
 
 # Prefix of the CUSTOM events' names: ``agentapp.<frame type>`` for frames AG-UI has no event for.
 CUSTOM_PREFIX = "agentapp."
@@ -121,6 +125,26 @@ def tool_message(message_id: str, result: Mapping[str, Any]) -> ToolMessage:
     return ToolMessage(id=message_id, tool_call_id=result["toolUseId"], content=text, error=error)
 
 
+### State ###
+
+
+def _pointer(key: str) -> str:
+    """The JSON Pointer of a top-level key (RFC 6901: ``~`` and ``/`` escaped)."""
+    return "/" + key.replace("~", "~0").replace("/", "~1")
+
+
+def state_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The JSON Patch (RFC 6902) from one ``agent.state`` to the next, key by key: ``add`` (which also replaces) for
+    a new or changed key, ``remove`` for a key gone; empty when nothing changed."""
+    operations: list[dict[str, Any]] = [{"op": "remove", "path": _pointer(key)} for key in before if key not in after]
+    operations += [
+        {"op": "add", "path": _pointer(key), "value": value}
+        for key, value in after.items()
+        if key not in before or before[key] != value
+    ]
+    return operations
+
+
 ### Runs ###
 
 
@@ -156,15 +180,28 @@ def approval_interrupt(payload: Mapping[str, Any]) -> Interrupt:
 class RunTranslator:
     """Turns the frames answering one request into the events of one AG-UI run, in order.
 
-    ``thread_id`` and ``run_id`` are the AG-UI ids (the conversation and the client's run id); ``history`` is the
-    ``conversation`` frame's messages, sent as MESSAGES_SNAPSHOT after RUN_STARTED. ``finished`` is true once
-    RUN_FINISHED or RUN_ERROR went out; nothing follows them.
+    ``thread_id`` and ``run_id`` are the AG-UI ids (the conversation and the client's run id; None: agentapp's, for
+    a run joined in progress); ``history`` is the ``conversation`` frame's messages, sent as MESSAGES_SNAPSHOT after
+    RUN_STARTED, and ``state`` the agent's saved state, sent as STATE_SNAPSHOT after it (None: not sent). Before
+    ``run_finished`` is translated, ``end_state`` may give the state the run left: a STATE_DELTA goes out if it
+    changed. ``joining`` opens the AG-UI run at the first frame of any run, in case its ``run_started`` was missed.
+    ``finished`` is true once RUN_FINISHED or RUN_ERROR went out; nothing follows them.
     """
 
-    def __init__(self, thread_id: str, run_id: str, history: Iterable[Mapping[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        thread_id: str,
+        run_id: str | None,
+        history: Iterable[Mapping[str, Any]] = (),
+        state: Mapping[str, Any] | None = None,
+        joining: bool = False,
+    ) -> None:
         self.thread_id = thread_id
         self.run_id = run_id
         self.history = list(history)
+        self.state = dict(state) if state is not None else None
+        self.final_state: dict[str, Any] | None = None
+        self.joining = joining
         self.started = False
         self.finished = False
         self.agentapp_run_id = ""
@@ -174,6 +211,7 @@ class RunTranslator:
         self._tool_args: dict[str, str] = {}  # open tool calls: toolUseId -> arguments sent so far
         self._tool_calls: set[str] = set()  # every tool call started in this run, open or ended
         self._interrupts: list[Interrupt] = []
+        self._frontend_calls: list[str] = []  # frontend tool calls the run waits for the client to run
         self._result: dict[str, Any] | None = None
 
     def translate(self, frame: Mapping[str, Any]) -> list[BaseEvent]:
@@ -186,9 +224,25 @@ class RunTranslator:
         if frame_type == protocol.RUN_STARTED:
             return self._run_started(frame)
         if not self.started:
-            return []  # nothing but RUN_STARTED or RUN_ERROR may open an AG-UI run
+            if not (self.joining and frame.get("run_id")):
+                return []  # nothing but RUN_STARTED or RUN_ERROR may open an AG-UI run
+            opened = self._run_started({"run_id": frame["run_id"]})  # joined past its run_started
+            return [*opened, *self.translate(frame)]
         handler = _HANDLERS.get(frame_type)
         return handler(self, frame) if handler is not None else [custom_event(frame)]
+
+    def at_rest(self, pending: Mapping[str, Any] | None) -> list[BaseEvent]:
+        """The events of a thread with no run in progress: RUN_STARTED, the snapshots and RUN_FINISHED, whose outcome
+        holds the interrupts of ``pending`` (the ``conversation`` frame's ``pending_approval``) if any."""
+        events = self._run_started({"run_id": (pending or {}).get("run_id") or ""})
+        if pending:
+            self._interrupt({"interrupts": pending.get("interrupts") or []})
+            return [*events, *self._run_finished({"status": protocol.STATUS_AWAITING_APPROVAL})]
+        return [*events, *self._run_finished({"status": protocol.STATUS_COMPLETED})]
+
+    def end_state(self, state: Mapping[str, Any]) -> None:
+        """The agent's state once the run ended (read before its ``run_finished`` is translated)."""
+        self.final_state = dict(state)
 
     def end(self) -> list[BaseEvent]:
         """The events closing a stream that ended before its run did (the connection was dropped)."""
@@ -207,14 +261,19 @@ class RunTranslator:
             return []
         self.started = True
         self.agentapp_run_id = str(frame.get("run_id") or "")
+        if self.run_id is None:
+            self.run_id = self.agentapp_run_id
         metadata = {METADATA_KEY: protocol.json_safe({k: v for k, v in frame.items() if k not in _ENVELOPE})}
         messages = snapshot_messages(self.thread_id, self.history)
         if frame.get("prompt"):
             messages.append(UserMessage(id=self.message_id(0), content=frame["prompt"]))
-        return [
+        events: list[BaseEvent] = [
             RunStartedEvent(thread_id=self.thread_id, run_id=self.run_id, metadata=metadata),
             MessagesSnapshotEvent(messages=messages),
         ]
+        if self.state is not None:
+            events.append(StateSnapshotEvent(snapshot=self.state))
+        return events
 
     def _data(self, frame: Mapping[str, Any]) -> list[BaseEvent]:
         delta = frame.get("data") or ""
@@ -297,7 +356,10 @@ class RunTranslator:
         return events
 
     def _interrupt(self, frame: Mapping[str, Any]) -> list[BaseEvent]:
-        self._interrupts = [approval_interrupt(payload) for payload in frame.get("interrupts") or []]
+        """Approvals become the run's AG-UI interrupts; a frontend tool's call was sent already, for the client."""
+        payloads = [payload for payload in frame.get("interrupts") or [] if isinstance(payload, Mapping)]
+        self._interrupts = [approval_interrupt(payload) for payload in payloads if not is_frontend_interrupt(payload)]
+        self._frontend_calls = [str(p["reason"].get("toolUseId")) for p in payloads if is_frontend_interrupt(p)]
         return [custom_event(frame)]
 
     def _result_frame(self, frame: Mapping[str, Any]) -> list[BaseEvent]:
@@ -316,12 +378,19 @@ class RunTranslator:
             outcome = RunFinishedCancelledOutcome()
         else:
             outcome = RunFinishedSuccessOutcome()
+        ended = self.final_state
+        if self.state is not None and ended is not None and (delta := state_delta(self.state, ended)):
+            events.append(StateDeltaEvent(delta=delta))
         usage = (self._result or {}).get("usage")
-        metadata = {METADATA_KEY: {"run_id": self.agentapp_run_id, "status": status, "seq": frame.get("seq")}}
+        metadata: dict[str, Any] = {
+            METADATA_KEY: {"run_id": self.agentapp_run_id, "status": status, "seq": frame.get("seq")}
+        }
+        if status == protocol.STATUS_AWAITING_APPROVAL and self._frontend_calls:
+            metadata[METADATA_KEY]["client_tool_calls"] = self._frontend_calls
         events.append(
             RunFinishedEvent(
                 thread_id=self.thread_id,
-                run_id=self.run_id,
+                run_id=self.run_id or self.agentapp_run_id,
                 outcome=outcome,
                 result=protocol.json_safe(self._result) if self._result is not None else None,
                 usage=[token_usage(usage)] if isinstance(usage, Mapping) and usage else None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-import weakref
+from collections.abc import Callable
 from typing import Any
 
 from channels.db import DatabaseSyncToAsync
@@ -20,6 +20,7 @@ from strands.hooks import AfterInvocationEvent, HookProvider, HookRegistry, Mess
 from strands.types.content import Message as StrandsMessage
 from strands.types.session import SessionAgent
 
+from .agenthooks import attached
 from .agents import build_agent
 from .approvals import restore_state
 from .conf import app_settings
@@ -30,6 +31,9 @@ from .storable import storable
 
 logger = logging.getLogger(__name__)
 
+# An ASGI scope key: a callable a transport puts in its connection's scope, given the agent that connection builds
+# before its first run (``agentapp.agui`` puts the client's declared tools there).
+SCOPE_EXTEND_AGENT = "agentapp.extend_agent"
 # Strands keeps a message's ``tracking_id`` through copies (a prompt joined to the last message is one).
 _TRACKED = "tracking_id" in getattr(StrandsMessage, "__annotations__", {})
 
@@ -47,10 +51,21 @@ def _sliding_window(agent: Agent) -> int | None:
     return window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else None
 
 
-async def build_off_thread(conversation: Any, user: Any) -> Agent:
-    """Build the conversation's agent in a worker thread of its own (not the database thread every query shares)."""
+async def build_off_thread(conversation: Any, user: Any, extend: Callable[[Agent], None] | None = None) -> Agent:
+    """Build the conversation's agent in a worker thread of its own (not the database thread every query shares).
+
+    ``extend``, the connection's ``SCOPE_EXTEND_AGENT``, then adapts it (``agentapp.agui`` adds the client's tools).
+    """
     build = DatabaseSyncToAsync(build_agent, thread_sensitive=False)
-    return await build(conversation, user, [])
+    agent = await build(conversation, user, [])
+    if extend is not None:
+        extend(agent)
+    return agent
+
+
+def extension_of(host: Any) -> Callable[[Agent], None] | None:
+    """What the connection's ASGI scope asks to do to the agent it builds (``SCOPE_EXTEND_AGENT``), if anything."""
+    return getattr(host, "scope", {}).get(SCOPE_EXTEND_AGENT)
 
 
 def give_history(agent: Agent, conversation_id: Any, resume_state: dict[str, Any] | None) -> Agent:
@@ -234,13 +249,6 @@ class Memory(HookProvider):
         self.saved = data
 
 
-_memories: weakref.WeakKeyDictionary[Agent, Memory] = weakref.WeakKeyDictionary()
-
-
 def memory_of(agent: Agent) -> Memory:
     """The agent's ``Memory`` hook, added to it the first time."""
-    memory = _memories.get(agent)
-    if memory is None:
-        memory = _memories[agent] = Memory()
-        agent.hooks.add_hook(memory)
-    return memory
+    return attached(agent, Memory)

@@ -151,7 +151,8 @@ async def drive(host: Host, slot: registry.Slot, prompt: str, resume: dict[str, 
     try:
         if host.agent is None:
             try:
-                host.agent = await preparing.build_off_thread(host.conversation, host.user)
+                extend = preparing.extension_of(host)
+                host.agent = await preparing.build_off_thread(host.conversation, host.user, extend)
             except Exception as exc:
                 await _unavailable(host, exc)
                 return

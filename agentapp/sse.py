@@ -40,6 +40,8 @@ HTTP_STATUS_OF_CLOSE = {
 }
 # Beyond the replay wait, how long opening the consumer may take before the request gives up.
 CONNECT_SLACK_SECONDS = 10
+# The comment that keeps an idle stream open through proxies.
+KEEP_ALIVE = b": keep-alive\n\n"
 # How long an EventSource waits before reconnecting after the stream ends, in milliseconds.
 RECONNECT_MILLISECONDS = 2000
 # ``<run uuid>:<seq>``: ASCII only, seq -1 or up to 15 digits (below 2**53, as a JSON client keeps it).
@@ -101,7 +103,7 @@ async def _scope(request: HttpRequest, conversation_id: Any, query: dict[str, st
     }
 
 
-async def _connect(request: HttpRequest, conversation_id: Any, query: dict[str, str]) -> tuple[Any, Any]:
+async def connect_consumer(request: HttpRequest, conversation_id: Any, query: dict[str, str]) -> tuple[Any, Any]:
     """Open the consumer and read its first frame: ``(socket, conversation frame)`` or ``(None, error response)``."""
     socket = LoopbackSocket(
         consumer_application, await _scope(request, conversation_id, query), app_settings.SOCKET_QUEUE_FRAMES
@@ -122,19 +124,20 @@ async def _connect(request: HttpRequest, conversation_id: Any, query: dict[str, 
     return None, error(HTTP_STATUS_OF_CLOSE.get(socket.close_code or 0, 400), code, message)
 
 
-async def _release_database() -> None:
+async def release_database() -> None:
     """Close the database connection this request's thread opened (session, user): a stream may last for hours."""
     await sync_to_async(connections.close_all)()
 
 
-def _stream_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+def stream_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    """An event stream's response: never cached, passed on by proxies as it comes."""
     response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass events on as they come
     return response
 
 
-class _Drain:
+class Drain:
     """Waits, before each event, until the client has read what the server holds for it (``agentapp.server`` only).
 
     Meanwhile the consumer's frames wait in the loopback's bounded queue, then in its outbox, which closes the stream
@@ -175,7 +178,7 @@ class _Drain:
 
 
 async def _events(
-    socket: LoopbackSocket, hello: dict[str, Any], answer: AnswerFilter | None, drain: _Drain
+    socket: LoopbackSocket, hello: dict[str, Any], answer: AnswerFilter | None, drain: Drain
 ) -> AsyncIterator[bytes]:
     """The stream: the conversation frame, then frames (all, or those answering a POST) with keep-alive comments.
 
@@ -184,24 +187,30 @@ async def _events(
     try:
         yield f"retry: {RECONNECT_MILLISECONDS}\n\n".encode()
         yield encode_event(hello)
-        while await drain.wait():
-            try:
-                frame = await socket.receive(timeout=app_settings.SSE_KEEPALIVE_SECONDS)
-            except TimeoutError:
-                yield b": keep-alive\n\n"
-                continue
+        async for frame in received(socket, drain):
             if frame is None:
-                return
-            if answer is None:
+                yield KEEP_ALIVE
+            elif answer is None or answer.wants(frame):
                 yield encode_event(frame)
-                continue
-            if answer.wants(frame):
-                yield encode_event(frame)
-            if answer.done:
+            if answer is not None and answer.done:
                 return
     finally:
         drain.close()
         await socket.close()
+
+
+async def received(socket: LoopbackSocket, drain: Drain) -> AsyncIterator[dict[str, Any] | None]:
+    """The consumer's frames as the client takes them, None after ``SSE_KEEPALIVE_SECONDS`` without one (time for a
+    keep-alive comment), until the consumer closes."""
+    while await drain.wait():
+        try:
+            frame = await socket.receive(timeout=app_settings.SSE_KEEPALIVE_SECONDS)
+        except TimeoutError:
+            yield None
+            continue
+        if frame is None:
+            return
+        yield frame
 
 
 class AnswerFilter:
@@ -266,11 +275,11 @@ async def watch(request: HttpRequest, conversation_id: str) -> HttpResponse:
                 return error(400, protocol.ERR_INVALID_RESUME, "Last-Event-ID must be an id this stream sent.")
     if resume is not None:
         query.update(resume=resume[0], seq=str(resume[1]))
-    socket, hello = await _connect(request, conversation_id, query)
+    socket, hello = await connect_consumer(request, conversation_id, query)
     if socket is None:
         return hello
-    await _release_database()
-    return _stream_response(_events(socket, hello, None, _Drain(request)))
+    await release_database()
+    return stream_response(_events(socket, hello, None, Drain(request)))
 
 
 async def post_frame(request: HttpRequest, conversation_id: str | None) -> HttpResponse:
@@ -295,12 +304,12 @@ async def post_frame(request: HttpRequest, conversation_id: str | None) -> HttpR
         return error(400, protocol.ERR_UNKNOWN_TYPE, "Resume with GET and Last-Event-ID, not a resume frame.")
     if frame.type == protocol.CLIENT_FEEDBACK:  # answered by no run: the API gives it a plain JSON answer
         return error(400, protocol.ERR_UNKNOWN_TYPE, "Give feedback with POST api/conversations/<id>/feedback/.")
-    socket, hello = await _connect(request, conversation_id, {})
+    socket, hello = await connect_consumer(request, conversation_id, {})
     if socket is None:
         return hello
     if not may_prompt(hello.get("role")):
         await socket.close()
         return error(403, protocol.ERR_READ_ONLY, "You may watch this conversation, not prompt, cancel or answer.")
     socket.send(body.decode("utf-8"))
-    await _release_database()
-    return _stream_response(_events(socket, hello, AnswerFilter(frame.type, hello), _Drain(request)))
+    await release_database()
+    return stream_response(_events(socket, hello, AnswerFilter(frame.type, hello), Drain(request)))

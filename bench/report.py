@@ -108,6 +108,32 @@ def ttft_rows(result: dict[str, Any], command: str) -> list[Row]:
     ]
 
 
+def agui_rows(result: dict[str, Any], command: str) -> list[Row]:
+    """Benchmark 6: AG-UI beside the WebSocket on one server (a comparison, no target)."""
+    errors = f"; {len(result['errors'])} failed runs" if result["errors"] else ""
+
+    def text(summary: dict[str, Any]) -> str:
+        first = summary["first_token"]
+        return (
+            f"{_num(summary['tokens_per_second_median'])} tok/s median of {summary['stream_runs']} "
+            f"({_num(summary['text_frames_median'])} text frames per answer); first token p50 "
+            f"{_num(first['p50_ms'], 2)} ms, p99 {_num(first['p99_ms'], 2)} ms ({first['runs']} runs)"
+        )
+
+    benchmark = "6. AG-UI beside the WebSocket"
+    return [
+        Row(benchmark, "(d) agentapp over WebSocket [server `agentapp`]", text(result["websocket"]), command),
+        Row(benchmark, "agentapp over AG-UI, POST agui/ [server `agentapp`]", text(result["agui"]), command),
+        Row(
+            benchmark,
+            "AG-UI / WebSocket",
+            f"{_x(result['tokens_per_second_ratio'])} tokens/s; first token "
+            f"{result['first_token_overhead_p50_ms']:+.2f} ms p50{errors}",
+            command,
+        ),
+    ]
+
+
 def history_rows(result: dict[str, Any], command: str) -> list[Row]:
     rows = []
     for size, summary in result["results"].items():

@@ -30,10 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # modules are imported as ``bench.*`` and never shadow a top-level module.
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 
-from bench import concurrency, fanout, history, report, streaming, ttft, writes  # noqa: E402
+from bench import agui, concurrency, fanout, history, report, streaming, ttft, writes  # noqa: E402
 from bench.servers import POSTGRES_URL, REDIS_URL, ServerPool, fresh_postgres  # noqa: E402
 
-BENCHMARKS = ("writes", "stream", "ttft", "history", "concurrency", "fanout")
+BENCHMARKS = ("writes", "stream", "agui", "ttft", "history", "concurrency", "fanout")
+# The benchmarks on the servers of benchmark 1 (stopped after the last of them that runs).
+ON_STREAM_SERVERS = ("stream", "agui", "ttft")
 PACKAGES = (
     "strands-agents", "Django", "channels", "channels-redis", "daphne", "Twisted", "autobahn",
     "uvicorn", "fastapi", "starlette", "websockets", "httpx", "psycopg", "redis", "psutil",
@@ -160,6 +162,7 @@ def run_all(mode_name: str, only: list[str], workdir: Path) -> tuple[dict[str, A
         "writes": lambda pool: run_writes(pool, mode),
         "stream": lambda pool: asyncio.run(streaming.measure(pool, mode.stream_runs, log)),
         "ttft": lambda pool: asyncio.run(ttft.measure(pool, mode.ttft_runs, log)),
+        "agui": lambda pool: asyncio.run(agui.measure(pool, mode.stream_runs, mode.ttft_runs, log)),
         "history": lambda pool: asyncio.run(history.measure(pool, mode.history_runs, log)),
         "concurrency": lambda pool: asyncio.run(
             concurrency.measure(pool, list(mode.layers), list(mode.concurrency), log)
@@ -184,7 +187,7 @@ def run_all(mode_name: str, only: list[str], workdir: Path) -> tuple[dict[str, A
             except Exception as exc:
                 failures.append(f"{name}: {type(exc).__name__}: {exc}")
                 log(traceback.format_exc())
-            if name == "ttft" or (name == "stream" and "ttft" not in only):
+            if name in ON_STREAM_SERVERS and name == [chosen for chosen in only if chosen in ON_STREAM_SERVERS][-1]:
                 for server in ("fastapi", "bare", "agentapp", "agentapp-unmerged", "agentapp-redis"):
                     if server in pool.servers:
                         pool.stop(server)
@@ -207,6 +210,7 @@ def smoke_failures(results: dict[str, Any]) -> list[str]:
                 if sample["statuses"] != ["completed"]:
                     problems.append(f"writes {database} {tokens} tokens: statuses {sample['statuses']}")
     problems += [f"ttft: {error}" for error in results.get("ttft", {}).get("errors", [])]
+    problems += [f"agui: {error}" for error in results.get("agui", {}).get("errors", [])]
     problems += [f"history: {error}" for error in results.get("history", {}).get("errors", [])]
     for item in results.get("concurrency", {}).get("baselines", []):
         problems += [f"concurrency (a) in process N={item['n']}: {error}" for error in item["error_samples"]]
@@ -231,9 +235,10 @@ def render(record: dict[str, Any], out: Path) -> list[report.Goal]:
         "history": report.history_rows,
         "concurrency": report.concurrency_rows,
         "fanout": report.fanout_rows,
+        "agui": report.agui_rows,
     }
     rows: list[report.Row] = []
-    for name, build in builders.items():  # table order: benchmark 1, 2, 3, 4, 5
+    for name, build in builders.items():  # table order: benchmark 1, 2, 3, 4, 5, 6
         if name in results:
             rows += build(results[name], report.command_for(mode, name))
     goals = report.targets(results)

@@ -80,6 +80,22 @@ def close_worker_thread_connections(django_db_setup: Any, django_db_blocker: Any
 
 
 @pytest.fixture
+def ada(db: Any) -> Any:
+    """A user, ada (password "x")."""
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user("ada", password="x")
+
+
+@pytest.fixture
+def stranger(db: Any) -> Any:
+    """A user with no access to anyone else's conversations (password "x")."""
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user("stranger", password="x")
+
+
+@pytest.fixture
 def people(db: Any) -> dict[str, Any]:
     """Four users: an owner, bob and vera (made a member and a viewer by ``shared``) and eve, a stranger."""
     from django.contrib.auth import get_user_model

@@ -239,6 +239,31 @@ def live_cluster(tmp_dir: Path, count: int, env: Mapping[str, str]) -> Iterator[
             yield LiveCluster(servers, environment)
 
 
+def redis_pair(tmp_dir: Path) -> Iterator[LiveCluster]:
+    """Two servers on Redis and one PostgreSQL database, the offline model at 300 tokens/s; on the way out, both
+    logs are checked for tracebacks and errors (a module fixture's body: ``yield from redis_pair(...)``)."""
+    from tests.conftest import REDIS_URL, require_redis
+
+    require_redis()
+    env = {"REDIS_URL": REDIS_URL, "AGENTAPP_DEMO": "0", "AGENTAPP_OFFLINE_TPS": "300"}
+    with live_cluster(tmp_dir, 2, env) as live:
+        yield live
+    for server in live.servers:
+        output = server.output()
+        assert "Traceback" not in output and " ERROR " not in output, output
+
+
+@asynccontextmanager
+async def http_client(server: LiveDaphne, session_key: str, timeout: float = 15) -> AsyncIterator[Any]:
+    """A logged-in httpx client holding the CSRF cookie, sending the token and the site's Origin with each request."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=server.url, cookies={"sessionid": session_key}, timeout=timeout) as client:
+        (await client.get("/api/conversations/")).raise_for_status()
+        client.headers.update({"X-CSRFToken": client.cookies["csrftoken"], "Origin": server.url})
+        yield client
+
+
 ### Real WebSocket clients ###
 
 RECEIVE_TIMEOUT = 15

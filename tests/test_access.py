@@ -22,11 +22,6 @@ def owner(db):
     return get_user_model().objects.create_user("owner", password="x")
 
 
-@pytest.fixture
-def stranger(db):
-    return get_user_model().objects.create_user("stranger", password="x")
-
-
 def anonymous_session() -> str:
     """A saved, empty Django session; its key goes in the sessionid cookie."""
     session = SessionStore()

@@ -148,3 +148,52 @@ def test_an_approval_is_an_interrupt_the_client_resumes(agui_client: Path, appro
     results = [event for event in events if event["type"] == "TOOL_CALL_RESULT"]
     assert [(r["toolCallId"], r["content"]) for r in results] == [(interrupt["toolCallId"], "5")]
     assert text_of(events) == "2+3 = 5."
+
+
+def test_a_frontend_tool_is_run_by_the_client_and_its_result_stored(agui_client: Path, server: LiveDaphne) -> None:
+    seen = run_client(agui_client, server, "frontend")
+    assert seen["warnings"] == []
+    asked, continued = seen["asked"], seen["continued"]
+    assert asked["failed"] is None and continued["failed"] is None
+    calls = [event for event in asked["events"] if event["type"].startswith("TOOL_CALL")]
+    assert kinds(calls) == ["TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END"]
+    assert asked["events"][-1]["outcome"] == {"type": "success"}
+    (ran,) = seen["ran"]  # the client found the call without a result in its messages, and ran it
+    assert (ran["id"], ran["name"], ran["content"]) == (
+        calls[0]["toolCallId"],
+        "change_background",
+        "The background is blue.",
+    )
+
+    events = continued["events"]
+    results = [event for event in events if event["type"] == "TOOL_CALL_RESULT"]
+    assert [(r["toolCallId"], r["content"]) for r in results] == [(ran["id"], "The background is blue.")]
+    assert text_of(events) == "change_background returned: The background is blue."
+    assert [message["role"] for message in continued["messages"]] == ["user", "assistant", "tool", "assistant"]
+    with httpx.Client(base_url=server.url, cookies={"sessionid": seen["session"]}, timeout=10) as api:
+        thread = api.get(f"/api/conversations/{seen['threadId']}/").json()
+    # The result is stored as the server's own tools' results are: a ToolResult row of the result's message.
+    stored = [
+        (message["role"], result["tool_name"], result["status"], result["content"])
+        for message in thread["messages"]
+        for result in message["tool_results"]
+    ]
+    assert stored == [("user", "change_background", "success", [{"text": "The background is blue."}])]
+
+
+def test_a_client_joins_a_run_in_progress_and_a_thread_at_rest(agui_client: Path, server: LiveDaphne) -> None:
+    seen = run_client(agui_client, server, "reconnect")
+    assert seen["warnings"] == []
+    asked, joined, rest = seen["asked"], seen["joined"], seen["rest"]
+    assert asked["failed"] is None
+    run_id = asked["events"][0]["metadata"]["agentapp"]["run_id"]
+    events = joined["events"]
+    assert kinds(events)[:3] == ["RUN_STARTED", "MESSAGES_SNAPSHOT", "STATE_SNAPSHOT"]
+    assert events[0]["runId"] == run_id and events[-1]["type"] == "RUN_FINISHED"
+    assert len(text_of(asked["events"]).split()) == 1000 and text_of(events) == text_of(asked["events"])
+    assert [message["role"] for message in joined["messages"]] == ["user", "assistant"]
+
+    assert kinds(rest["events"]) == ["RUN_STARTED", "MESSAGES_SNAPSHOT", "STATE_SNAPSHOT", "RUN_FINISHED"]
+    contents = [(message["role"], message.get("content")) for message in joined["messages"]]
+    assert [(message["role"], message.get("content")) for message in rest["messages"]] == contents
+    assert rest["state"] == {}

@@ -31,11 +31,6 @@ def owner(db):
 
 
 @pytest.fixture
-def stranger(db):
-    return get_user_model().objects.create_user("stranger", password="x")
-
-
-@pytest.fixture
 def owner_client(owner) -> Client:
     client = Client()
     client.force_login(owner)

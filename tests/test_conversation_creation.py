@@ -26,11 +26,6 @@ def owner(db):
 
 
 @pytest.fixture
-def stranger(db):
-    return get_user_model().objects.create_user("stranger", password="x")
-
-
-@pytest.fixture
 def capped(settings: Any) -> int:
     settings.AGENTAPP = {**getattr(settings, "AGENTAPP", {}), "CONVERSATIONS_PER_HOUR": 2}
     return 2

@@ -153,11 +153,6 @@ WS_CASES = ws_cases()
 
 
 @pytest.fixture
-def ada(db):
-    return get_user_model().objects.create_user("ada", password="x")
-
-
-@pytest.fixture
 def instant(settings: Any) -> None:
     settings.AGENTAPP = {**getattr(settings, "AGENTAPP", {}), "OFFLINE_TOKENS_PER_SECOND": 0}
 

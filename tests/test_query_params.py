@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.test import Client as HttpClient
 
 from agentapp import protocol
@@ -39,11 +38,6 @@ HOSTILE_INTEGERS = [
     str(10**24),
     "9" * 5000,
 ]
-
-
-@pytest.fixture
-def ada(db):
-    return get_user_model().objects.create_user("ada", password="x")
 
 
 @pytest.fixture

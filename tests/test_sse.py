@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.contrib.auth import get_user_model
 from django.test import AsyncClient
 
 from agentapp import protocol, sse
@@ -20,16 +19,6 @@ from tests.test_resume import TOKENS, assert_continues
 from tests.wsclient import Client, streamed_text
 
 TIMEOUT = 10
-
-
-@pytest.fixture
-def ada(db):
-    return get_user_model().objects.create_user("ada", password="x")
-
-
-@pytest.fixture
-def stranger(db):
-    return get_user_model().objects.create_user("stranger", password="x")
 
 
 @pytest.fixture

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import REDIS_URL, require_redis
 from tests.frames import assert_contiguous
-from tests.livedaphne import LiveCluster, LiveDaphne, live_cluster, live_socket
+from tests.livedaphne import LiveCluster, http_client, live_socket, redis_pair
 
 pytestmark = pytest.mark.slow
 
@@ -26,22 +25,7 @@ TOKENS = 300
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
-    require_redis()
-    env = {"REDIS_URL": REDIS_URL, "AGENTAPP_DEMO": "0", "AGENTAPP_OFFLINE_TPS": "300"}
-    with live_cluster(tmp_path_factory.mktemp("sse-cluster"), 2, env) as live:
-        yield live
-    for server in live.servers:
-        output = server.output()
-        assert "Traceback" not in output and " ERROR " not in output, output
-
-
-@asynccontextmanager
-async def http_client(server: LiveDaphne, session_key: str) -> AsyncIterator[httpx.AsyncClient]:
-    """A logged-in client holding the CSRF cookie, sending the token and the site's Origin with every request."""
-    async with httpx.AsyncClient(base_url=server.url, cookies={"sessionid": session_key}, timeout=TIMEOUT) as client:
-        (await client.get("/api/conversations/")).raise_for_status()
-        client.headers.update({"X-CSRFToken": client.cookies["csrftoken"], "Origin": server.url})
-        yield client
+    yield from redis_pair(tmp_path_factory.mktemp("sse-cluster"))
 
 
 async def events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
