@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from urllib.parse import parse_qs
 
 from django.conf import settings
@@ -60,28 +62,35 @@ class BareAgentConsumer(AsyncWebsocketConsumer):
 
     async def run_merged(self, prompt: str) -> None:
         """Stream the answer through a writer that sends every delta waiting for it in one frame."""
-        pending: list[str] = []
-        ready = asyncio.Event()
-        producer = asyncio.create_task(produce(build_agent(TOKENS_PER_SECOND), prompt, pending, ready))
-        try:
-            while True:
-                await ready.wait()
-                ready.clear()
-                if pending:
-                    texts = pending[:]
-                    pending.clear()
-                    await self.send(text_data=f"{len(texts)}\n{''.join(texts)}")
-                if producer.done() and not pending:
-                    break
-            await producer  # re-raise what the agent raised
-        finally:
-            producer.cancel()
+        async with aclosing(batches(build_agent(TOKENS_PER_SECOND), prompt)) as answer:
+            async for texts in answer:
+                await self.send(text_data=f"{len(texts)}\n{''.join(texts)}")
         await self.send(bytes_data=DONE)
 
     async def disconnect(self, code: int) -> None:
         """Stop a run still streaming to a socket that is gone."""
         if self.task is not None and not self.task.done():
             self.task.cancel()
+
+
+async def batches(agent: Agent, prompt: str) -> AsyncIterator[list[str]]:
+    """The answer's text deltas, each batch those that queued while the caller handled the one before."""
+    pending: list[str] = []
+    ready = asyncio.Event()
+    producer = asyncio.create_task(produce(agent, prompt, pending, ready))
+    try:
+        while True:
+            await ready.wait()
+            ready.clear()
+            if pending:
+                texts = pending[:]
+                pending.clear()
+                yield texts
+            if producer.done() and not pending:
+                break
+        await producer  # re-raise what the agent raised
+    finally:
+        producer.cancel()
 
 
 async def produce(agent: Agent, prompt: str, pending: list[str], ready: asyncio.Event) -> None:

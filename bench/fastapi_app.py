@@ -7,13 +7,13 @@ while the response was writing as one chunk, the rule of agentapp's socket outbo
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from bench.bare_consumer import produce
+from bench.bare_consumer import batches
 from bench.baseline import build_agent
 
 app = FastAPI()
@@ -31,21 +31,8 @@ async def stream(request: Request, merge: int = 0) -> StreamingResponse:
                 yield event["data"]
 
     async def merged() -> AsyncIterator[str]:
-        pending: list[str] = []
-        ready = asyncio.Event()
-        producer = asyncio.create_task(produce(agent, prompt, pending, ready))
-        try:
-            while True:
-                await ready.wait()
-                ready.clear()
-                if pending:
-                    texts = pending[:]
-                    pending.clear()
-                    yield "".join(texts)
-                if producer.done() and not pending:
-                    break
-            await producer
-        finally:
-            producer.cancel()
+        async with aclosing(batches(agent, prompt)) as answer:
+            async for texts in answer:
+                yield "".join(texts)
 
     return StreamingResponse(merged() if merge else text(), media_type="text/plain; charset=utf-8")
