@@ -96,6 +96,12 @@ def stranger(db: Any) -> Any:
 
 
 @pytest.fixture
+def paced(settings: Any) -> None:
+    """The offline model streams 600 tokens a second (a run lasts long enough to be joined or cut)."""
+    settings.AGENTAPP = {**getattr(settings, "AGENTAPP", {}), "OFFLINE_TOKENS_PER_SECOND": 600}
+
+
+@pytest.fixture
 def people(db: Any) -> dict[str, Any]:
     """Four users: an owner, bob and vera (made a member and a viewer by ``shared``) and eve, a stranger."""
     from django.contrib.auth import get_user_model

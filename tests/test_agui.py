@@ -16,6 +16,7 @@ from pydantic import TypeAdapter
 from agentapp import agui, protocol
 from agentapp.agui_events import RunTranslator, snapshot_messages
 from agentapp.models import Conversation, ConversationMember, Message, Run, ToolResult
+from tests.test_sse import logged_in
 
 TIMEOUT = 10
 EVENTS = TypeAdapter(Event)
@@ -331,17 +332,6 @@ def test_stored_history_becomes_ag_ui_messages() -> None:
 
 
 ### Runs through Django's client ###
-
-
-@pytest.fixture
-def paced(settings: Any) -> None:
-    settings.AGENTAPP = {**getattr(settings, "AGENTAPP", {}), "OFFLINE_TOKENS_PER_SECOND": 600}
-
-
-async def logged_in(user: Any, **options: Any) -> AsyncClient:
-    client = AsyncClient(**options)
-    await client.aforce_login(user)
-    return client
 
 
 def run_input(prompt: str | None, thread_id: str | None = None, **fields: Any) -> dict[str, Any]:

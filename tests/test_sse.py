@@ -21,11 +21,6 @@ from tests.wsclient import Client, streamed_text
 TIMEOUT = 10
 
 
-@pytest.fixture
-def paced(settings: Any) -> None:
-    settings.AGENTAPP = {**getattr(settings, "AGENTAPP", {}), "OFFLINE_TOKENS_PER_SECOND": 600}
-
-
 async def logged_in(user: Any, **options: Any) -> AsyncClient:
     client = AsyncClient(**options)
     await client.aforce_login(user)
