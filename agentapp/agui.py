@@ -41,6 +41,7 @@ from .dbwork import db_call
 from .loopback import LoopbackSocket
 from .preparing import SCOPE_EXTEND_AGENT
 from .sse import KEEP_ALIVE, AnswerFilter, Drain, connect_consumer, received, release_database, stream_response
+from .submitting import RUN_HERE_SCOPE_KEY
 
 # The error code of a body that is not a valid AG-UI ``RunAgentInput`` (or does not fit its URL).
 ERR_INVALID_INPUT = "invalid_input"
@@ -286,6 +287,7 @@ async def run(request: HttpRequest, conversation_id: uuid.UUID | None = None) ->
     if tools.tools:
         # The consumer opened with this very scope dict; it reads the key when it builds its agent for the frame below.
         socket.scope[SCOPE_EXTEND_AGENT] = tools
+    socket.scope[RUN_HERE_SCOPE_KEY] = True  # the request streams its run: it runs here, never on a worker
     state = await _state_of(hello["conversation_id"])  # the state the run starts from: nothing else runs now
     socket.send(text)
     translator = RunTranslator(hello["conversation_id"], run_input.run_id, hello.get("messages") or [], state)

@@ -365,11 +365,13 @@ class Follower:
         self._requests.append(SyncRequest(run_id, run.seq, None if via_group else run.origin, run.sync_id))
         return run
 
-    def expect_replay(self, run_id: str) -> None:
-        """Ask for a run's frames after those forwarded so far (all of them for a run not seen yet)."""
+    def expect_replay(self, run_id: str, origin: str | None = None) -> None:
+        """Ask for a run's frames after those forwarded so far (all of them for a run not seen yet), of ``origin``
+        when given (the channel of the process running it)."""
         if run_id in self.settled:
             return
         run = self.runs.setdefault(run_id, _Followed())
+        run.origin = origin or run.origin
         if run.buffer is None:
             self._request(run_id, run)
 

@@ -91,6 +91,18 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONCURRENT_RUNS": 100,
     # Whether a run goes on when the socket that started it closes (True) or is cancelled (False).
     "RUNS_CONTINUE_ON_DISCONNECT": False,
+    # The channel worker processes (``manage.py agentapp_worker``) take runs from; None: each web process runs the
+    # agents of its own prompts (see docs/deployment.md).
+    "WORKER_CHANNEL": None,
+    # What a prompt sent while its conversation runs (or queues) a prompt does, unless it says: "reject" (``busy``),
+    # "enqueue" (it runs after) or "interrupt" (the run going on is cancelled, then it runs).
+    "IF_BUSY": "reject",
+    # Queued prompts one conversation may hold; past it a prompt gets ``queue_full``.
+    "MAX_QUEUED_RUNS": 10,
+    # Runs one worker process runs at once; the others wait queued.
+    "WORKER_CONCURRENCY": 20,
+    # How often each worker ends runs whose process died and starts queued runs no worker took.
+    "WORKER_SWEEP_SECONDS": 2.0,
     # New conversations one user (or anonymous session) may start per hour (``too_many_conversations``); 0: no limit.
     "CONVERSATIONS_PER_HOUR": 60,
     # Client frames one connection may send at once; past it they are refused (``too_many_frames``), see pacing.py.

@@ -19,7 +19,7 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import closing, opening, protocol, registry, runlog, runs
+from . import closing, opening, protocol, registry, runlog, submitting
 from .access import NOT_FOUND, OWNER, is_authenticated, may_prompt
 from .broadcast import FRAME_MESSAGE_TYPE
 from .cancelling import Cancels
@@ -133,7 +133,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         _, active = await database_sync_to_async(runlog.snapshot)(self.conversation_id, 1)
         streams_here = registry.slot_of(self.conversation_id) is not None
-        await self.watch.rejoined(active["run_id"] if active is not None and not streams_here else None)
+        if active is None or streams_here:
+            await self.watch.rejoined(None)
+        else:
+            await self.watch.rejoined(active["run_id"], active["origin"] or None)
         if self.presence is not None:
             await self.presence.announce()  # peers that joined meanwhile, or dropped this one, answer
 
@@ -165,11 +168,13 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 "You may watch this conversation, not prompt, cancel, answer approvals or give feedback.",
             )
         elif frame.type == protocol.CLIENT_PROMPT:
-            await runs.start(self, frame.prompt)
+            await submitting.prompt(self, frame.prompt, frame.if_busy)
+        elif frame.type == protocol.CLIENT_CANCEL and frame.run_id:
+            await submitting.cancel_queued(self, frame.run_id)
         elif frame.type == protocol.CLIENT_CANCEL:
             await self.cancels.request()
         elif frame.type == protocol.CLIENT_INTERRUPT_RESPONSE:
-            await runs.answer(self, frame.responses or {})
+            await submitting.answer(self, frame.responses or {})
         elif frame.type == protocol.CLIENT_FEEDBACK:
             await on_feedback_frame(self, frame)
 
@@ -225,6 +230,13 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def agentapp_resolved(self, message: dict[str, Any]) -> None:
         """A wait for approval ended without a new run (another connection cancelled it)."""
         self.cancels.forget()
+        if message.get("origin") != self.channel_name:
+            await self.deliver([message["frame"]])
+
+    async def agentapp_queue(self, message: dict[str, Any]) -> None:
+        """A prompt was queued, or a queued one left the queue, on another connection or a worker."""
+        if message["frame"]["type"] == protocol.RUN_QUEUED:
+            registry.queue_seen.add(self.conversation_id)  # a run of it ending here starts the queue
         if message.get("origin") != self.channel_name:
             await self.deliver([message["frame"]])
 

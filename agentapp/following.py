@@ -77,14 +77,19 @@ class Watch:
         self.floors: dict[str, int] = {}
 
     async def open_mid_run(
-        self, hello: dict[str, Any], resume: tuple[str, int] | None, after: list[dict[str, Any]]
+        self,
+        hello: dict[str, Any],
+        resume: tuple[str, int] | None,
+        after: list[dict[str, Any]],
+        origin: str | None = None,
     ) -> None:
-        """Send the conversation frame, then ``after``, once the frames so far of the run in progress came."""
+        """Send the conversation frame, then ``after``, once the frames so far of the run in progress came (asked of
+        ``origin``, the worker running it, when known; of the group otherwise)."""
         active_id = hello["active_run"]["run_id"]
         self.pending_hello = hello
         if resume is not None and resume[0] == active_id:
             self.forwarded_up_to(active_id, resume[1])  # the client has its frames up to that seq
-        self.follower.expect_replay(active_id)
+        self.follower.expect_replay(active_id, origin)
         await self.request_replays()
         await self.deliver(after)  # after the conversation frame, held until then
         if resume is not None and resume[0] != active_id:
@@ -113,13 +118,13 @@ class Watch:
         await self.deliver(self.follower.offer(message["frame"], message.get("origin")))
         await self.request_replays()
 
-    async def rejoined(self, active_run_id: str | None) -> None:
+    async def rejoined(self, active_run_id: str | None, origin: str | None = None) -> None:
         """Back in the group after the layer failed: ask for what was missed of the runs followed, and of the run
-        in progress (``active_run_id``, unless it streams from this process)."""
+        in progress (``active_run_id``, unless it streams from this process; of ``origin``, its worker, if known)."""
         for run_id in self.follower.unfinished():
             self.follower.expect_replay(run_id)
         if active_run_id is not None:
-            self.follower.expect_replay(active_run_id)
+            self.follower.expect_replay(active_run_id, origin)
         await self.request_replays()
 
     ### Replays ###

@@ -39,7 +39,8 @@ def is_alive(heartbeat_at: datetime | None, started_at: datetime, cutoff: dateti
     return (heartbeat_at or started_at) >= cutoff
 
 
-def _lapsed(cutoff: datetime) -> Q:
+def lapsed(cutoff: datetime) -> Q:
+    """Running runs whose lease lapsed before ``cutoff``."""
     return Q(status=Run.Status.RUNNING) & (
         Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
     )
@@ -71,7 +72,7 @@ def end_dead_runs(conversation_id: Any) -> list[str]:
     cutoff = lapsed_before()
     with transaction.atomic():
         Conversation.objects.select_for_update().filter(pk=conversation_id).first()
-        dead = list(Run.objects.filter(_lapsed(cutoff), conversation_id=conversation_id).values_list("pk", flat=True))
+        dead = list(Run.objects.filter(lapsed(cutoff), conversation_id=conversation_id).values_list("pk", flat=True))
         if not dead:
             return []
         Run.objects.filter(pk__in=dead).update(
@@ -100,3 +101,14 @@ def running_state(conversation_id: Any) -> RunningState:
     alive = [is_alive(heartbeat, started, cutoff) for heartbeat, started in rows]
     ended = end_dead_runs(conversation_id) if not all(alive) else []
     return RunningState(live=any(alive), ended=ended)
+
+
+def worker_of(conversation_id: Any) -> str:
+    """The channel of the worker process running the conversation's run ("" when a web process runs it)."""
+    return (
+        Run.objects.filter(conversation_id=conversation_id, status=Run.Status.RUNNING)
+        .exclude(worker="")
+        .values_list("worker", flat=True)
+        .first()
+        or ""
+    )

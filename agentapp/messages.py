@@ -7,9 +7,17 @@ None (a view, a signal) reaches every connection.
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal, TypedDict
+from typing import Any, Final, Literal, NotRequired, TypedDict
 
-from .protocol import FeedbackFrame, Frame, InterruptResolvedFrame, RunFinishedFrame, TitleFrame
+from .protocol import (
+    FeedbackFrame,
+    Frame,
+    InterruptResolvedFrame,
+    RunDequeuedFrame,
+    RunFinishedFrame,
+    RunQueuedFrame,
+    TitleFrame,
+)
 
 FRAME_MESSAGE_TYPE: Final = "agentapp.frame"  # to the group: one (merged) frame of a run, with the origin's channel
 CANCEL_MESSAGE_TYPE: Final = "agentapp.cancel"  # to the group: stop the conversation's run
@@ -21,8 +29,12 @@ PRESENCE_MESSAGE_TYPE: Final = "agentapp.presence"  # to the group or one channe
 RESOLVED_MESSAGE_TYPE: Final = "agentapp.resolved"  # to the group: a wait for approval ended, or a dead run was ended
 TITLE_MESSAGE_TYPE: Final = "agentapp.title"  # to the group: the conversation has a new title
 FEEDBACK_MESSAGE_TYPE: Final = "agentapp.feedback"  # to the group: a ``feedback`` frame
+QUEUE_MESSAGE_TYPE: Final = "agentapp.queue"  # to the group: a prompt was queued, or left the queue
 REJOINED_MESSAGE_TYPE: Final = "agentapp.rejoined"  # never sent: a consumer tells itself it is back in its group
 REQUESTS_MESSAGE_TYPE: Final = "agentapp.requests"  # never sent: a consumer tells itself replay requests wait
+
+# To the workers' channel (agentapp.workers, not a connection): a doorbell, a conversation has a queued run.
+RUN_REQUEST_TYPE: Final = "agentapp.run"
 
 # The two presence events: a process's count of its connections, and a query for the other processes' counts.
 PRESENCE_COUNT: Final = "count"
@@ -38,9 +50,10 @@ class FrameMessage(TypedDict):
 
 
 class CancelMessage(TypedDict):
-    """Sent to the group when a cancel arrives on a connection that does not run the conversation's run."""
+    """Sent to the group when a cancel arrives on a connection not running the run, and to the run's worker."""
 
     type: Literal["agentapp.cancel"]
+    conversation_id: NotRequired[str]
 
 
 class SyncMessage(TypedDict):
@@ -122,6 +135,21 @@ class FeedbackMessage(TypedDict):
     origin: str | None
 
 
+class QueueMessage(TypedDict):
+    """Sent to the group with a ``run_queued`` or ``run_dequeued`` frame; the connection of ``origin`` has it."""
+
+    type: Literal["agentapp.queue"]
+    frame: RunQueuedFrame | RunDequeuedFrame
+    origin: str
+
+
+class RunMessage(TypedDict):
+    """Sent to the workers' channel: the conversation has a queued run (the database holds it; this only rings)."""
+
+    type: Literal["agentapp.run"]
+    conversation_id: str
+
+
 class RejoinedMessage(TypedDict):
     """Never sent: what a consumer's receive returns once it is back in its group after the layer failed."""
 
@@ -146,6 +174,7 @@ Message = (
     | ResolvedMessage
     | TitleMessage
     | FeedbackMessage
+    | QueueMessage
     | RejoinedMessage
     | RequestsMessage
 )
@@ -156,9 +185,11 @@ def frame_message(frame: Frame, origin: str) -> FrameMessage:
     return {"type": FRAME_MESSAGE_TYPE, "frame": frame, "origin": origin}
 
 
-def cancel_message() -> CancelMessage:
+def cancel_message(conversation_id: str | None = None) -> CancelMessage:
     """Stop the conversation's run, wherever it runs."""
-    return {"type": CANCEL_MESSAGE_TYPE}
+    if conversation_id is None:
+        return {"type": CANCEL_MESSAGE_TYPE}
+    return {"type": CANCEL_MESSAGE_TYPE, "conversation_id": conversation_id}
 
 
 def sync_message(run_id: str, after: int, sync_id: str, reply_to: str, conversation_id: str) -> SyncMessage:
@@ -230,6 +261,16 @@ def title_message(frame: TitleFrame) -> TitleMessage:
 def feedback_message(frame: FeedbackFrame, origin: str | None) -> FeedbackMessage:
     """A ``feedback`` frame for the group; ``origin`` None when a view stored it."""
     return {"type": FEEDBACK_MESSAGE_TYPE, "frame": frame, "origin": origin}
+
+
+def queue_message(frame: RunQueuedFrame | RunDequeuedFrame, origin: str) -> QueueMessage:
+    """A ``run_queued`` or ``run_dequeued`` frame for the group."""
+    return {"type": QUEUE_MESSAGE_TYPE, "frame": frame, "origin": origin}
+
+
+def run_message(conversation_id: str) -> RunMessage:
+    """The doorbell for the workers' channel."""
+    return {"type": RUN_REQUEST_TYPE, "conversation_id": conversation_id}
 
 
 def rejoined_message() -> RejoinedMessage:

@@ -44,6 +44,8 @@ class Run(models.Model):
         INTERRUPTED = "interrupted"
         # Paused on a tool call that needs a human's approval (see agentapp.approvals); answered by a new run.
         AWAITING_APPROVAL = "awaiting_approval"
+        # Stored, not started yet: behind another run of its conversation, or waiting for a worker (agentapp.queueing).
+        QUEUED = "queued"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="runs")
@@ -77,6 +79,10 @@ class Run(models.Model):
     decisions = models.JSONField(default=dict, blank=True)
     # The paused run this run resumed, for a run started by an ``interrupt_response``.
     resumed_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # When a queued run was queued (None for a run started at once), and the channel of the worker process that
+    # claimed it (cancels and replay requests go there; empty for a run of a web process).
+    queued_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True, default="")
 
     class Meta:
         ordering = ["started_at"]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
 
-from . import protocol, runlog
+from . import protocol, queueing, runlog, submitting
 from .access import FORBIDDEN, Denied, is_authenticated, is_stored, open_with_role, role_of
 from .broadcast import group_name
 from .conf import app_settings
@@ -78,9 +78,12 @@ async def _greet(consumer: AgentConsumer, opening: Opening) -> None:
     )
     consumer.presence.start()
     if opening.active_run_id is not None and consumer.channel_layer is not None:
-        await watch.open_mid_run(opening.hello, resume, refused)
+        await watch.open_mid_run(opening.hello, resume, refused, opening.origin or None)
         return
     await watch.deliver([opening.hello, *refused])
+    if opening.hello["queued"] and opening.hello["pending_approval"] is None and consumer.channel_layer is not None:
+        # Prompts wait with nothing going on: the process whose run would have started them died.
+        consumer.spawn(submitting.start_waiting(consumer.channel_layer, consumer.conversation_id), "agentapp-queue")
     for run_id in opening.ended:  # runs whose process died, ended by this connection: the others are told
         await consumer.cancels.announce_dead(run_id)
     if resume is not None:
@@ -104,6 +107,8 @@ class Opening:
     role: str
     hello: dict[str, Any]
     ended: list[str] = field(default_factory=list)
+    # The channel of the worker running the run in progress, which answers replay requests ("": ask the group).
+    origin: str = ""
 
     @property
     def active_run_id(self) -> str | None:
@@ -125,12 +130,14 @@ def read(conversation: Any, user: Any, session_key: str | None, role: str) -> Op
     """
     ended: list[str] = []
     history: list[dict[str, Any]] = []
-    active, pending, feedback = None, None, []
+    active, pending, feedback, queued, origin = None, None, [], [], ""
     if is_stored(conversation):
         role = role_of(conversation, user, session_key)
         if role is None or not type(conversation).objects.filter(pk=conversation.pk).exists():
             return None
         history, active = runlog.snapshot(conversation.pk, app_settings.HISTORY_FRAME_MESSAGES, ended)
+        origin = active.pop("origin", "") if active else ""
+        queued = queueing.waiting_in(conversation.pk)
         pending = pending_approval(conversation.pk)
         # Feedback on messages before the first one the frame carries is left out.
         feedback = feedback_listing(conversation.pk, history[0]["position"] if history else 0)
@@ -143,5 +150,6 @@ def read(conversation: Any, user: Any, session_key: str | None, role: str) -> Op
         "active_run": active,
         "pending_approval": {"run_id": pending["run_id"], "interrupts": pending["interrupts"]} if pending else None,
         "feedback": feedback,
+        "queued": queued,
     }
-    return Opening(role, hello, ended)
+    return Opening(role, hello, ended, origin)

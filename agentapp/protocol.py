@@ -41,6 +41,8 @@ RESULT = "result"
 CONVERSATION = "conversation"
 RUN_STARTED = "run_started"
 RUN_FINISHED = "run_finished"
+RUN_QUEUED = "run_queued"
+RUN_DEQUEUED = "run_dequeued"
 ERROR = "error"
 # A tool call waits for a human's approval (inside the run); the wait ended without a new run (outside any run).
 INTERRUPT = "interrupt"
@@ -91,6 +93,7 @@ ERR_RESUME_UNAVAILABLE = "resume_unavailable"
 ERR_RATE_LIMITED = "rate_limited"
 ERR_SERVER_BUSY = "server_busy"
 # The user spent a token or cost budget (agentapp.quotas); the frame also carries ``resets_at``.
+ERR_QUEUE_FULL = "queue_full"
 ERR_QUOTA_EXCEEDED = "quota_exceeded"
 # A feedback frame with a bad position, rating or comment; one naming no assistant message.
 ERR_INVALID_FEEDBACK = "invalid_feedback"
@@ -103,6 +106,8 @@ CLOSE_NOT_FOUND = 4404
 CLOSE_SLOW_CONSUMER = 4429
 
 # Run statuses carried by ``run_finished``.
+IF_BUSY_CHOICES = ("reject", "enqueue", "interrupt")
+
 STATUS_COMPLETED = "completed"
 STATUS_CANCELLED = "cancelled"
 STATUS_FAILED = "failed"
@@ -228,6 +233,34 @@ class RunEnvelope(TypedDict):
     seq: int
 
 
+class QueuedPrompt(TypedDict):
+    """A prompt waiting in the conversation's queue."""
+
+    run_id: str
+    prompt: str
+
+
+class RunQueuedFrame(TypedDict):
+    """A prompt was stored as a queued run; ``position`` counts the queued runs ahead of it (0: next)."""
+
+    type: Literal["run_queued"]
+    conversation_id: str
+    run_id: str
+    prompt: str
+    position: int
+
+
+class RunDequeuedFrame(TypedDict):
+    """A queued run left the queue without running: ``cancelled`` by a user, or ``refused`` when its turn came."""
+
+    type: Literal["run_dequeued"]
+    conversation_id: str
+    run_id: str
+    reason: Literal["cancelled", "refused"]
+    code: NotRequired[str]
+    message: NotRequired[str]
+
+
 class ConversationFrame(TypedDict):
     """Sent once, right after the connection is accepted: the stored history, the role, the run in progress."""
 
@@ -239,6 +272,7 @@ class ConversationFrame(TypedDict):
     active_run: ActiveRun | None
     pending_approval: PendingApproval | None
     feedback: list[FeedbackPayload]
+    queued: list[QueuedPrompt]
 
 
 class RunStartedFrame(RunEnvelope):
@@ -413,6 +447,8 @@ Frame = (
     | InterruptFrame
     | InterruptResolvedFrame
     | RunFinishedFrame
+    | RunQueuedFrame
+    | RunDequeuedFrame
     | ErrorFrame
     | PresenceFrame
     | TitleFrame
@@ -437,6 +473,8 @@ SERVER_FRAMES: dict[str, type] = {
     INTERRUPT: InterruptFrame,
     INTERRUPT_RESOLVED: InterruptResolvedFrame,
     RUN_FINISHED: RunFinishedFrame,
+    RUN_QUEUED: RunQueuedFrame,
+    RUN_DEQUEUED: RunDequeuedFrame,
     ERROR: ErrorFrame,
     PRESENCE: PresenceFrame,
     TITLE: TitleFrame,
@@ -818,6 +856,8 @@ class ClientFrame:
     position: int = -1
     rating: str | None = None
     comment: str = ""
+    # prompt: what it does while a run goes on ("reject", "enqueue", "interrupt"); "" for the IF_BUSY setting.
+    if_busy: str = ""
 
 
 def parse_client_frame(
@@ -847,7 +887,14 @@ def parse_client_frame(
             raise ProtocolError(ERR_MISSING_PROMPT, "A prompt frame needs a non-empty string 'prompt'.")
         if len(prompt) > max_prompt_chars:
             raise ProtocolError(ERR_PROMPT_TOO_LARGE, f"Prompts are limited to {max_prompt_chars} characters.")
-        return ClientFrame(CLIENT_PROMPT, prompt)
+        if_busy = content.get("if_busy", "")
+        if if_busy not in ("", *IF_BUSY_CHOICES):
+            raise ProtocolError(ERR_INVALID_FRAME, f"'if_busy' must be one of {list(IF_BUSY_CHOICES)}.")
+        return ClientFrame(CLIENT_PROMPT, prompt, if_busy=if_busy)
+    if frame_type == CLIENT_CANCEL and content.get("run_id") is not None:
+        if not isinstance(content["run_id"], str) or not _is_uuid(content["run_id"]):
+            raise ProtocolError(ERR_INVALID_FRAME, "'run_id' must name a queued run (a UUID).")
+        return ClientFrame(CLIENT_CANCEL, run_id=str(uuid.UUID(content["run_id"])))
     if frame_type == CLIENT_INTERRUPT_RESPONSE:
         return ClientFrame(CLIENT_INTERRUPT_RESPONSE, responses=_parse_responses(content))
     if frame_type == CLIENT_RESUME:

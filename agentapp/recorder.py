@@ -86,6 +86,7 @@ def create_run(
     runs_per_minute: int = 0,
     prompt_altered: bool = False,
     ended: list[str] | None = None,
+    claimed: bool = False,
 ) -> int:
     """Insert the Run and its prompt message (none for a resume); return the next free message position.
 
@@ -94,6 +95,7 @@ def create_run(
     (``resume_of``, answered with ``decisions``) may start: a prompt raises AwaitingApproval, a resume of anything
     else NoPendingApproval. A user past ``runs_per_minute`` prompts (0: no limit) gets RateLimited, and one who spent a
     budget of theirs (agentapp.quotas) QuotaExceeded. The ids of dead runs ended on the way are added to ``ended``.
+    A ``claimed`` run's row exists already (a queued run a worker took, agentapp.queueing): it is not inserted again.
     """
     with transaction.atomic():
         titles = Conversation.objects.select_for_update().filter(pk=conversation_id).values_list("title", flat=True)
@@ -101,7 +103,9 @@ def create_run(
         open_runs = list(
             Run.objects.filter(
                 conversation_id=conversation_id, status__in=[Run.Status.RUNNING, Run.Status.AWAITING_APPROVAL]
-            ).values_list("id", "status", "started_at", "heartbeat_at")
+            )
+            .exclude(pk=run_id)
+            .values_list("id", "status", "started_at", "heartbeat_at")
         )
         cutoff = leases.lapsed_before()
         alive = [
@@ -122,7 +126,8 @@ def create_run(
             raise NoPendingApproval(str(conversation_id))
         if resume_of is None and user_id is not None and runs_per_minute > 0:
             since = timezone.now() - timedelta(seconds=RATE_WINDOW_SECONDS)
-            if Run.objects.filter(user_id=user_id, started_at__gte=since).count() >= runs_per_minute:
+            recent = Run.objects.filter(user_id=user_id, started_at__gte=since).exclude(pk=run_id)
+            if recent.exclude(status=Run.Status.QUEUED).count() >= runs_per_minute:
                 raise RateLimited(str(conversation_id))
         if resume_of is None and user_id is not None:
             spent = quotas.spent_budget(user_id)
@@ -130,14 +135,17 @@ def create_run(
                 raise QuotaExceeded(spent.message, spent.resets_at.isoformat())
         top = Message.objects.filter(conversation_id=conversation_id).aggregate(top=Max("position"))["top"]
         position = 0 if top is None else top + 1
-        run = Run.objects.create(
-            id=run_id,
-            conversation_id=conversation_id,
-            user_id=user_id,
-            prompt=prompt,
-            resumed_from_id=resume_of,
-            heartbeat_at=timezone.now(),
-        )
+        if claimed:
+            Run.objects.filter(pk=run_id).update(heartbeat_at=timezone.now())
+        else:
+            Run.objects.create(
+                id=run_id,
+                conversation_id=conversation_id,
+                user_id=user_id,
+                prompt=prompt,
+                resumed_from_id=resume_of,
+                heartbeat_at=timezone.now(),
+            )
         if resume_of is not None:
             Run.objects.filter(pk=resume_of).update(
                 status=Run.Status.COMPLETED,
@@ -148,7 +156,7 @@ def create_run(
             return position
         Message.objects.create(
             conversation_id=conversation_id,
-            run=run,
+            run_id=run_id,
             position=position,
             role=Message.Role.USER,
             content=[{"text": prompt}],
@@ -270,6 +278,7 @@ class RunRecorder:
         self.resume_of = resume_of
         self.decisions = decisions
         self.runs_per_minute = 0
+        self.claimed = False  # the run's row exists: a queued run taken by this process (agentapp.queueing)
         self.messages: list[dict[str, Any]] = [] if resume_of else [{"role": "user", "content": [{"text": prompt}]}]
         self.pending_text: list[str] = []
         self.tool_calls: dict[str, dict[str, Any]] = {}
@@ -317,6 +326,7 @@ class RunRecorder:
                 self.runs_per_minute,
                 self.prompt_altered,
                 ended,
+                self.claimed,
             )
             if ended and prepare is not None:
                 prepared = prepare()  # the history it read still had the dead run's turn open

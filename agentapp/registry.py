@@ -53,6 +53,8 @@ tasks: set[asyncio.Task[None]] = set()
 slots: dict[str, Slot] = {}
 # The last run task of each conversation still alive: the next run of the conversation waits for its broadcast.
 _last_task: dict[str, asyncio.Task[None]] = {}
+# Conversations for which this process saw a prompt queued: when a run of one ends, its queue is looked at.
+queue_seen: set[str] = set()
 
 
 def full() -> bool:
@@ -126,6 +128,8 @@ class Cancelled:
     elsewhere: bool = False
     ended: tuple[str, ...] = ()
     cleared: dict[str, Any] | None = None
+    # The channel of the worker running the run elsewhere ("" for a web process's run).
+    worker: str = ""
 
     @property
     def nothing(self) -> bool:
@@ -138,7 +142,7 @@ def _cancel_stored(conversation_id: str, user: str, other_processes: bool) -> Ca
     ``other_processes``, where another process may run it), else the wait for approval it cancelled."""
     state = leases.running_state(conversation_id)
     if other_processes and state.live:
-        return Cancelled(elsewhere=True, ended=tuple(state.ended))
+        return Cancelled(elsewhere=True, ended=tuple(state.ended), worker=leases.worker_of(conversation_id))
     return Cancelled(ended=tuple(state.ended), cleared=cancel_approval(conversation_id, user))
 
 
@@ -152,4 +156,6 @@ async def cancel(conversation_id: str, user: str, layer: Any, group: str | None)
     found = await db_call(_cancel_stored)(conversation_id, user, layer is not None)
     if found.elsewhere and group is not None:
         await layer_call(layer.group_send(group, cancel_message()), "group_send")
+    if found.worker:
+        await layer_call(layer.send(found.worker, cancel_message(conversation_id)), "send")
     return found

@@ -151,6 +151,8 @@ def snapshot(
 ) -> tuple[list[dict[str, Any]], dict | None]:
     """The last ``limit`` stored messages in wire form and the run in progress, read in one query so they agree.
 
+    The run in progress names its ``origin``: the channel of the worker running it ("" for a web process's run).
+
     A run still marked running whose lease lapsed died with its server: it is ended here (``leases``), its id added
     to ``ended`` (for the caller to announce), and the messages read again.
     """
@@ -164,7 +166,7 @@ def snapshot(
         rows = _tail(conversation_id, limit)
     active = next(
         (
-            {"run_id": str(row["run_id"]), "prompt": row["run__prompt"]}
+            {"run_id": str(row["run_id"]), "prompt": row["run__prompt"], "origin": row["run__worker"]}
             for row in rows
             if row["run__status"] == Run.Status.RUNNING
             and leases.is_alive(row["run__heartbeat_at"], row["run__started_at"], cutoff)
@@ -190,5 +192,5 @@ def _tail(conversation_id: Any, limit: int) -> list[dict[str, Any]]:
     return list(
         Message.objects.filter(conversation_id=conversation_id)
         .order_by("-position")
-        .values(*fields, "run__heartbeat_at")[:limit]
+        .values(*fields, "run__heartbeat_at", "run__worker")[:limit]
     )

@@ -71,6 +71,8 @@ class AgentRun:
     prepare: Callable[[], Agent] | None = None
     # Told the id of each run whose process died and that this run's start ended (its watchers await its end).
     announce_dead: Callable[[str], Awaitable[None]] | None = None
+    # The run's row exists already: a queued run this process claimed (agentapp.queueing).
+    claimed: bool = False
 
     def __post_init__(self) -> None:
         # Text a database cannot store (NUL, lone surrogates) is replaced before the model or anyone sees it.
@@ -80,6 +82,7 @@ class AgentRun:
             self.conversation_id, self.run_id, self.user_id, self.prompt, self.resume_of, self.responses, altered
         )
         self.recorder.runs_per_minute = self.runs_per_minute
+        self.recorder.claimed = self.claimed
         self.recorder.on_trouble = self._fail_with
         self.status = protocol.STATUS_COMPLETED
         self.stop_reason = ""

@@ -8,7 +8,7 @@ records itself (agentapp.recorder); this module only starts and wires it, and sa
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
@@ -69,7 +69,11 @@ def user_label(user: Any) -> str:
     return user.get_username() if is_authenticated(user) else "anonymous"
 
 
-async def start(host: Host, prompt: str, resume: dict[str, Any] | None = None) -> None:
+# Called once a run of a connection ended (agentapp.submitting starts the conversation's next queued run).
+AfterRun = Callable[[], Awaitable[None]]
+
+
+async def start(host: Host, prompt: str, resume: dict[str, Any] | None = None, then: AfterRun | None = None) -> None:
     """Start a run in a task, so the connection keeps reading frames (a cancel) while it streams; or say why not."""
     conversation_id = host.conversation_id
     busy = registry.slot_of(conversation_id)
@@ -91,11 +95,14 @@ async def start(host: Host, prompt: str, resume: dict[str, Any] | None = None) -
         await host.send_error(protocol.ERR_BUSY, BUSY_MESSAGES[protocol.ERR_BUSY])
         return
     host.run_started(slot)
-    registry.start(conversation_id, drive(host, slot, prompt, resume), slot)
+    registry.start(conversation_id, drive(host, slot, prompt, resume, then=then), slot)
 
 
-async def answer(host: Host, responses: dict[str, dict[str, str]]) -> None:
-    """Resume the run paused for approval with these answers, signed with the connection's user."""
+async def answer(
+    host: Host, responses: dict[str, dict[str, str]], begin: Callable[..., Awaitable[None]] | None = None
+) -> None:
+    """Resume the run paused for approval with these answers, signed with the connection's user (started by
+    ``begin``, ``start`` unless given)."""
     pending = await database_sync_to_async(pending_approval)(host.conversation_id)
     if pending is None:
         await host.send_error(protocol.ERR_NO_PENDING_APPROVAL, BUSY_MESSAGES[protocol.ERR_NO_PENDING_APPROVAL])
@@ -106,7 +113,7 @@ async def answer(host: Host, responses: dict[str, dict[str, str]]) -> None:
         return
     user = user_label(host.user)
     answers = {interrupt_id: {**reply, "user": user} for interrupt_id, reply in responses.items()}
-    await start(host, "", resume={"run_id": pending["run_id"], "state": pending["state"], "responses": answers})
+    await (begin or start)(host, "", {"run_id": pending["run_id"], "state": pending["state"], "responses": answers})
 
 
 def _sinks(host: Host, run_id: str) -> tuple[list[Callable[[dict[str, Any]], Any]], GroupBroadcaster | None]:
@@ -146,8 +153,18 @@ def _watched(conversation_id: str, asker: str, log: runlog.RunLog) -> bool:
     return view.watchers > (1 if asker in view.local else 0)
 
 
-async def drive(host: Host, slot: registry.Slot, prompt: str, resume: dict[str, Any] | None) -> None:
-    """Build the connection's agent if needed, run the prompt (or the approval answers) and hand on its frames."""
+async def drive(
+    host: Host,
+    slot: registry.Slot,
+    prompt: str,
+    resume: dict[str, Any] | None,
+    run_id: str | None = None,
+    then: AfterRun | None = None,
+) -> None:
+    """Build the connection's agent if needed, run the prompt (or the approval answers) and hand on its frames.
+
+    ``run_id`` names a queued run this process claimed (agentapp.queueing); ``then`` is called at the end.
+    """
     try:
         if host.agent is None:
             try:
@@ -156,12 +173,16 @@ async def drive(host: Host, slot: registry.Slot, prompt: str, resume: dict[str, 
             except Exception as exc:
                 await _unavailable(host, exc)
                 return
-        await _execute(host, slot, prompt, resume)
+        await _execute(host, slot, prompt, resume, run_id)
     finally:
         registry.release(slot)
+        if then is not None:
+            await then()
 
 
-async def _execute(host: Host, slot: registry.Slot, prompt: str, resume: dict[str, Any] | None) -> None:
+async def _execute(
+    host: Host, slot: registry.Slot, prompt: str, resume: dict[str, Any] | None, run_id: str | None
+) -> None:
     agent, conversation_id = host.agent, host.conversation_id
     sinks: list[Callable[[dict[str, Any]], Any]] = []
     first_text = True
@@ -186,6 +207,7 @@ async def _execute(host: Host, slot: registry.Slot, prompt: str, resume: dict[st
         runs_per_minute=app_settings.RUNS_PER_USER_PER_MINUTE,
         prepare=lambda: preparing.give_history(agent, conversation_id, resume["state"] if resume else None),
         announce_dead=host.announce_dead,
+        **({"run_id": run_id, "claimed": True} if run_id is not None else {}),
     )
     more, broadcaster = _sinks(host, run.run_id)
     sinks.extend(more)

@@ -105,7 +105,7 @@ def frame_type_constants() -> dict[str, str]:
 
 def test_every_frame_type_constant_has_a_typed_dict_with_a_docstring_and_a_section_in_the_docs():
     constants = frame_type_constants()
-    assert len(constants) == 20
+    assert len(constants) == 22
     assert set(constants.values()) == set(protocol.SERVER_FRAMES)
     docs = DOCS.read_text()
     for frame_type, cls in protocol.SERVER_FRAMES.items():
@@ -381,7 +381,7 @@ async def test_the_outbox_merges_text_only_and_marks_only_merged_frames():
 
 def test_every_message_type_has_a_typed_dict_and_a_consumer_handler():
     constants = {name: value for name, value in vars(messages).items() if name.endswith("_MESSAGE_TYPE")}
-    assert len(constants) == 12
+    assert len(constants) == 13
     typed = {typing.get_type_hints(cls)["type"].__args__[0] for cls in typing.get_args(messages.Message)}
     assert typed == set(constants.values())
     for cls in typing.get_args(messages.Message):

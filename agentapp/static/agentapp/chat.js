@@ -2,6 +2,9 @@
  * chat.js: the chat page. It renders the conversation frame's history, then live frames from this
  * connection and, through the conversation group, from every other connection to the same conversation.
  *
+ * A prompt sent while a run is going waits in the conversation's queue (`if_busy: "enqueue"`): the "Queued" list
+ * under the transcript shows it, with a Cancel button, until it starts or leaves the queue.
+ *
  * Tool output, prompts and titles are only ever inserted as text (textContent / text nodes). Assistant text is
  * Markdown, rendered and sanitized by markdown.js (raw HTML shown as text, safe links only, no images loaded).
  */
@@ -19,6 +22,7 @@ const form = document.getElementById("prompt-form");
 const promptInput = document.getElementById("prompt");
 const sendButton = document.getElementById("send");
 const stopButton = document.getElementById("stop");
+const queueButton = document.getElementById("queue-send");
 const connection = document.getElementById("connection");
 const titleElement = document.getElementById("conversation-title");
 const conversationList = document.getElementById("conversations");
@@ -39,7 +43,7 @@ let conversationId = root.dataset.conversationId || null;
 let conversationTitle = "";
 let role = null; // this connection's role from the conversation frame: "owner", "member" or "viewer"
 let ready = false; // the conversation frame arrived on the current connection
-let pendingPrompt = false; // a prompt was sent and neither run_started nor an error came back yet
+let pendingPrompt = false; // a prompt was sent and neither run_started, run_queued nor an error came back yet
 let stopping = false;
 const runs = new Map(); // run_id -> RunView
 const activeRuns = new Set(); // run_ids started and not finished, from any connection
@@ -309,6 +313,84 @@ function runFor(runId) {
   return run;
 }
 
+// ---- Queued prompts: stored runs waiting for the conversation's current run ----
+
+/** The "Queued" list under the transcript: one entry per queued run, its prompt as text and a Cancel button. */
+class QueueView {
+  constructor(section, list, onCancel) {
+    this.section = section;
+    this.list = list;
+    this.onCancel = onCancel;
+    this.entries = new Map(); // run_id -> { element, prompt, button }
+    this.usable = false;
+  }
+
+  /** Show exactly these queued runs, in order (the conversation frame's `queued`). */
+  reset(queued) {
+    this.entries.clear();
+    this.list.replaceChildren();
+    for (const item of Array.isArray(queued) ? queued : []) this.add(item.run_id, item.prompt);
+    this.toggle();
+  }
+
+  /** List a queued run `position` places from the front (runs queued ahead of it); a listed run stays put. */
+  add(runId, prompt, position) {
+    if (typeof runId !== "string" || this.entries.has(runId)) return;
+    const element = node("li", "queued-run");
+    element.dataset.runId = runId;
+    const button = node("button", "queued-cancel", "Cancel");
+    button.type = "button";
+    button.disabled = !this.usable;
+    button.addEventListener("click", () => {
+      if (this.onCancel(runId)) button.disabled = true; // until run_dequeued, an error or a new connection
+    });
+    element.append(node("span", "queued-prompt", String(prompt ?? "")), button);
+    const before = Number.isInteger(position) && position >= 0 ? this.list.children[position] : undefined;
+    this.list.insertBefore(element, before ?? null);
+    this.entries.set(runId, { element, prompt: String(prompt ?? ""), button });
+    this.toggle();
+  }
+
+  /** Take a run off the list (it started or left the queue); returns its prompt, or null if it was not listed. */
+  remove(runId) {
+    const entry = this.entries.get(runId);
+    if (!entry) return null;
+    entry.element.remove();
+    this.entries.delete(runId);
+    this.toggle();
+    return entry.prompt;
+  }
+
+  /** Enable the Cancel buttons when frames can be sent (all of them again: a refused cancel may be retried). */
+  setUsable(usable) {
+    if (usable === this.usable) return;
+    this.usable = usable;
+    for (const { button } of this.entries.values()) button.disabled = !usable;
+  }
+
+  /** A cancel was refused: its buttons may be pressed again. */
+  reenable() {
+    for (const { button } of this.entries.values()) button.disabled = !this.usable;
+  }
+
+  toggle() {
+    this.section.hidden = this.entries.size === 0;
+  }
+}
+
+const queue = new QueueView(document.getElementById("queue"), document.getElementById("queued"), (runId) =>
+  socket.send({ type: "cancel", run_id: runId }),
+);
+
+/** A queued run left the queue without running: off the list, and a refusal is said in the transcript. */
+function onDequeued(frame) {
+  const prompt = queue.remove(frame.run_id);
+  if (frame.reason !== "refused") return;
+  const shown = prompt === null ? "A queued prompt" : `The queued prompt "${prompt}"`;
+  const why = `${frame.message || "it was refused"} (${frame.code || "refused"})`;
+  transcript.append(node("div", "notice error queue-refused", `${shown} was not run: ${why}`));
+}
+
 // ---- History (the conversation frame) ----
 
 function renderHistoryMessage(message) {
@@ -351,6 +433,7 @@ function onConversation(frame) {
     runFor(pendingApproval.runId).showApprovals(pendingApproval.interrupts);
   }
   feedbackBar.load(frame, runFor);
+  queue.reset(frame.queued);
   transcript.scrollTop = transcript.scrollHeight;
 
   const url = new URL(window.location.href);
@@ -431,6 +514,7 @@ function showError(frame) {
   stopping = false;
   pendingPrompt = false;
   answering = false;
+  queue.reenable();
   const notice = node("div", "notice error", `Error: ${frame.message || "unknown error"} (${frame.code || "error"})`);
   if (frame.code === "login_required" && root.dataset.loginUrl) {
     const link = node("a", null, "Log in");
@@ -513,7 +597,13 @@ function onFrame(frame) {
     onConversation(frame);
   } else if (frame.conversation_id && conversationId && frame.conversation_id !== conversationId) {
     return; // not this conversation's frame
+  } else if (frame.type === "run_queued") {
+    pendingPrompt = false;
+    queue.add(frame.run_id, frame.prompt, frame.position);
+  } else if (frame.type === "run_dequeued") {
+    onDequeued(frame);
   } else if (typeof frame.run_id === "string" && frame.type !== "interrupt_resolved") {
+    if (frame.type === "run_started" || frame.type === "run_finished") queue.remove(frame.run_id);
     onRunFrame(frame);
     if (frame.type === "run_finished") feedbackBar.runFinished(frame.run_id, runFor(frame.run_id).element);
   } else if (frame.type === "feedback") {
@@ -560,7 +650,13 @@ function onState(state, detail) {
 function updateControls() {
   // A viewer only watches: the server would answer its prompt, cancel or approval with read_only.
   const usable = ready && socket.isOpen && role !== "viewer";
-  sendButton.disabled = !usable || pendingPrompt || activeRuns.size > 0 || pendingApproval !== null;
+  const busy = activeRuns.size > 0;
+  sendButton.disabled = !usable || pendingPrompt || busy || pendingApproval !== null;
+  // While a run is going, Queue takes Send's place: the prompt waits for it (and for prompts queued before).
+  sendButton.hidden = busy;
+  queueButton.hidden = !busy;
+  queueButton.disabled = !usable || pendingPrompt || !busy || pendingApproval !== null;
+  queue.setUsable(usable);
   // Stop also ends a wait for approval (the tool calls get an error result).
   stopButton.disabled = !usable || stopping || (activeRuns.size === 0 && pendingApproval === null);
   for (const button of transcript.querySelectorAll(".approval button")) button.disabled = !usable || answering;
@@ -569,8 +665,12 @@ function updateControls() {
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   const prompt = promptInput.value;
-  if (!prompt.trim() || sendButton.disabled) return;
-  if (socket.sendPrompt(prompt)) {
+  const button = sendButton.hidden ? queueButton : sendButton;
+  if (!prompt.trim() || button.disabled) return;
+  // During a run the prompt waits in the queue; otherwise it starts at once (a run another connection started a
+  // moment before gets it "busy", as the server's IF_BUSY setting says), with no queue work on the server.
+  const frame = button === queueButton ? { type: "prompt", prompt, if_busy: "enqueue" } : { type: "prompt", prompt };
+  if (socket.send(frame)) {
     promptInput.value = "";
     pendingPrompt = true;
     updateControls();
