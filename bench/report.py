@@ -247,6 +247,79 @@ def fanout_rows(result: dict[str, Any], command: str) -> list[Row]:
     return rows
 
 
+WORKER_ARRANGEMENTS = {
+    "inprocess": "(a) in process: 1 web process runs the agents",
+    "workers": "(b) workers: 1 web process + 1 worker runs the agents",
+}
+KINDS = ("unpaced", "paced")
+
+
+def workers_rows(result: dict[str, Any], command: str) -> list[Row]:
+    """Benchmark 8: the same prompts in process and on a worker, on PostgreSQL and Redis (a comparison, no target)."""
+    benchmark = "8. runs on workers vs in process (PostgreSQL, Redis core layer)"
+    rows = []
+    for arrangement, label in WORKER_ARRANGEMENTS.items():
+        unpaced, paced = (", ".join(f"`{name}`" for name in result["servers"][kind][arrangement]) for kind in KINDS)
+        starts, first = result["starts"][arrangement], result["first_token"][arrangement]
+        queued = (
+            f"; run_queued p50/p99 {_num(starts['queued_p50_ms'], 1)}/{_num(starts['queued_p99_ms'], 1)} ms"
+            if arrangement == "workers"
+            else ""
+        )
+        rows.append(
+            Row(
+                benchmark,
+                f"{label}, {starts['n']:,} prompts at once, one conversation each [{unpaced}]",
+                f"{_num(starts['runs_per_s'], 1)} runs started/s ({starts['started']}/{starts['n']} started, "
+                f"{starts['errors']} errors); run_started after the first send p50/p99 "
+                f"{_num(starts['started_p50_ms'], 1)}/{_num(starts['started_p99_ms'], 1)} ms{queued}",
+                command,
+            )
+        )
+        rows.append(
+            Row(
+                benchmark,
+                f"{label}, sequential prompts `{result['hello_prompt']}` [{unpaced}]",
+                f"first token p50 {_num(first['p50_ms'], 2)} ms, p99 {_num(first['p99_ms'], 2)} ms "
+                f"({first['runs']} runs, interleaved with the other arrangement's)",
+                command,
+            )
+        )
+        item = result["streaming"][arrangement]
+        worker = f", worker {_num(item['worker_cpu_s'], 1)} s" if arrangement == "workers" else ""
+        rows.append(
+            Row(
+                benchmark,
+                f"{label}, {item['n']:,} sockets each streaming {result['tokens']} tokens at "
+                f"{result['tokens_per_second']} tok/s [{paced}]",
+                f"CPU web process {_num(item['web_cpu_s'], 1)} s ({_num(item['web_cpu_us_per_token'], 1)} µs/token, "
+                f"{_num(item['web_cpu_s'] / item['frames'] * 1e6 if item['frames'] else math.nan)} µs/frame)"
+                f"{worker}, client {_num(item['client_cpu_s'], 1)} s; {_num(item['frames_per_s'])} frames/s, "
+                f"{_num(item['tokens_per_s'])} tok/s delivered ({_num(item['frames'])} frames, "
+                f"{_num(item['data_frames'])} with text); {item['completed']}/{item['n']} completed, "
+                f"{item['errors']} errors; first token p50/p99 {_num(item['first_token_p50_ms'], 1)}/"
+                f"{_num(item['first_token_p99_ms'], 1)} ms; all done in {_num(item['elapsed_s'], 2)} s "
+                f"(ideal {_num(item['ideal_s'], 1)} s)",
+                command,
+            )
+        )
+    ratios = result["ratios"]
+    rows.append(
+        Row(
+            benchmark,
+            "(b) / (a), same harness run",
+            f"runs started/s {_x(ratios['runs_per_s'])}; run_started p50 {_x(ratios['started_p50'])}, p99 "
+            f"{_x(ratios['started_p99'])}; first token p50 {_x(ratios['first_token_p50'])}, p99 "
+            f"{_x(ratios['first_token_p99'])}; web process CPU while streaming {_x(ratios['web_cpu_s'])} "
+            f"({_x(ratios.get('web_cpu_us_per_token'))} per token); "
+            f"frames/s {_x(ratios['frames_per_s'])}; tokens/s {_x(ratios['tokens_per_s'])}. With workers every "
+            "asker first gets run_queued and then its run's frames through the conversation's group",
+            command,
+        )
+    )
+    return rows
+
+
 ### Targets ###
 
 

@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # modules are imported as ``bench.*`` and never shadow a top-level module.
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 
-from bench import agui, concurrency, fanout, history, report, streaming, ttft, writes  # noqa: E402
+from bench import agui, concurrency, fanout, history, report, streaming, ttft, workers, writes  # noqa: E402
 from bench.servers import POSTGRES_URL, REDIS_URL, ServerPool, fresh_postgres  # noqa: E402
 
-BENCHMARKS = ("writes", "stream", "agui", "ttft", "history", "concurrency", "fanout")
+BENCHMARKS = ("writes", "stream", "agui", "ttft", "history", "concurrency", "fanout", "workers")
 # The benchmarks on the servers of benchmark 1 (stopped after the last of them that runs).
 ON_STREAM_SERVERS = ("stream", "agui", "ttft")
 PACKAGES = (
@@ -59,6 +59,9 @@ class Mode:
     fanout_bare_layers: tuple[str, ...]  # layers of the bare group_send anchor (at the largest two-process M)
     fanout_wide: tuple[tuple[int, int], ...]  # (watchers, processes) beyond the two-process cases
     fanout_wide_layers: tuple[str, ...]  # a subset of fanout_layers: the wide case reuses their two processes
+    workers_starts: int  # prompts sent at once, each on a conversation of its own
+    workers_ttft_runs: int  # sequential prompts per arrangement, after one warm-up
+    workers_streams: int  # sockets each streaming a paced run at once
     out: Path
 
 
@@ -75,6 +78,9 @@ MODES = {
         fanout_bare_layers=("pubsub",),
         fanout_wide=((20, 4),),
         fanout_wide_layers=("pubsub",),
+        workers_starts=20,
+        workers_ttft_runs=20,
+        workers_streams=100,
         out=ROOT / "artifacts" / "benchmarks-quick.md",
     ),
     "full": Mode(
@@ -89,6 +95,9 @@ MODES = {
         fanout_bare_layers=("core", "pubsub"),
         fanout_wide=((5000, 4),),
         fanout_wide_layers=("core", "pubsub"),
+        workers_starts=200,
+        workers_ttft_runs=200,
+        workers_streams=1000,
         out=ROOT / "docs" / "benchmarks.md",
     ),
 }
@@ -178,6 +187,9 @@ def run_all(mode_name: str, only: list[str], workdir: Path) -> tuple[dict[str, A
                 wide_layers=mode.fanout_wide_layers,
             )
         ),
+        "workers": lambda pool: asyncio.run(
+            workers.measure(pool, mode.workers_starts, mode.workers_ttft_runs, mode.workers_streams, log)
+        ),
     }
     with ServerPool(workdir) as pool:
         for name in only:
@@ -222,6 +234,11 @@ def smoke_failures(results: dict[str, Any]) -> list[str]:
         problems += [f"concurrency {item['layer']} N={item['n']}: {error}" for error in item["error_samples"]]
     for item in results.get("fanout", {}).get("results", []):
         problems += [f"fanout {item['layer']} M={item['m']}: {error}" for error in item["error_samples"]]
+    moved = results.get("workers", {})
+    problems += [f"workers first token: {error}" for error in moved.get("first_token", {}).get("errors", [])]
+    for part in ("starts", "streaming"):
+        for arrangement, item in moved.get(part, {}).items():
+            problems += [f"workers {part} {arrangement}: {error}" for error in item["error_samples"]]
     return problems
 
 
@@ -236,6 +253,7 @@ def render(record: dict[str, Any], out: Path) -> list[report.Goal]:
         "concurrency": report.concurrency_rows,
         "fanout": report.fanout_rows,
         "agui": report.agui_rows,
+        "workers": report.workers_rows,
     }
     rows: list[report.Row] = []
     for name, build in builders.items():  # table order: benchmark 1, 2, 3, 4, 5, 6

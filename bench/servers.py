@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -34,6 +35,12 @@ UNMERGED_SETTINGS = "bench.settings_unmerged"
 FANOUT_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/agentapp_bench_fanout"
 # AGENTAPP_CHANNEL_LAYER values of project/settings.py: channels_redis's core and pub/sub layers.
 FANOUT_LAYERS = ("core", "pubsub")
+# Benchmark 8: the database its processes share, and the channel its web process rings and its worker listens on.
+WORKERS_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/agentapp_bench_workers"
+WORKER_CHANNEL = "agentapp.runs"
+# Messages channels_redis's core layer holds for one process's channels (its default, 100, is shared by all of them:
+# with workers every frame of every run reaches the web process through it, and past 100 waiting frames it drops).
+WORKERS_LAYER_CAPACITY = 100_000
 # Inherited variables that would change what a server does; each server sets its own.
 _SCRUBBED = (
     "DATABASE_URL",
@@ -215,6 +222,34 @@ def redis_server(name: str, workdir: Path) -> Server:
     return Server(name, argv, {}, workdir / f"{name}.log", port=port)
 
 
+class WorkerProcess(Server):
+    """A ``manage.py agentapp_worker`` process: it listens on a channel, not on its port (which stays unused)."""
+
+    def wait_ready(self) -> None:
+        """Raise BenchError if the process already exited; a first run shows that it takes work."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise BenchError(f"{self.name} exited with {self.process.returncode}:\n{self.output()}")
+
+
+def agentapp_worker(name: str, env: Mapping[str, str], workdir: Path) -> WorkerProcess:
+    """A worker process running agents of queued prompts (``python manage.py agentapp_worker``)."""
+    return WorkerProcess(name, [sys.executable, "manage.py", "agentapp_worker"], dict(env), workdir / f"{name}.log")
+
+
+def settings_module(workdir: Path, name: str, capacity: int | None = None, **agentapp: Any) -> dict[str, str]:
+    """Environment selecting a settings module written to ``workdir``: the example site's, ``agentapp`` merged into
+    its ``AGENTAPP`` and, if given, ``capacity`` in its channel layer's config."""
+    text = f"from project.settings import *  # noqa: F403\n\nAGENTAPP = {{**AGENTAPP, **{agentapp!r}}}  # noqa: F405\n"
+    if capacity is not None:
+        text += f'CHANNEL_LAYERS["default"]["CONFIG"]["capacity"] = {capacity}  # noqa: F405\n'
+    target = workdir / f"{name}.py"
+    if not target.exists() or target.read_text(encoding="utf-8") != text:  # never rewritten under a process reading it
+        target.write_text(text, encoding="utf-8")
+    path = os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")]))
+    return {"DJANGO_SETTINGS_MODULE": name, "PYTHONPATH": path}
+
+
 def uvicorn(name: str, app: str, workdir: Path) -> Server:
     """A uvicorn server (one process, no access log) for the ASGI application at ``app``."""
     port = free_port()
@@ -230,6 +265,7 @@ class ServerPool:
         self.servers: dict[str, Server] = {}
         self._template: Path | None = None
         self._fanout_database: str | None = None
+        self._workers_database: str | None = None
 
     def __enter__(self) -> ServerPool:
         return self
@@ -328,7 +364,35 @@ class ServerPool:
             server = agentapp_server(name, "project.asgi:application", env, self.workdir)
             server.placeholders[f":{redis.port}/"] = ":<redis-port>/"
             return server
+        if name.startswith("agentapp-workers-"):  # agentapp-workers-<inprocess|web|worker>-<tokens per second>
+            return self._workers_server(name, agentapp_env)
         raise BenchError(f"no server named {name!r}")
+
+    def _workers_server(self, name: str, agentapp_env: dict[str, str]) -> Server:
+        """Benchmark 8's processes on one PostgreSQL database and the Redis core layer: an in-process web process,
+        or a web process ringing WORKER_CHANNEL and its worker; settings differ only in WORKER_CHANNEL."""
+        _, _, role, tps = name.split("-")
+        if role not in ("inprocess", "web", "worker"):
+            raise BenchError(f"no server named {name!r}")
+        require_redis()
+        if self._workers_database is None:
+            self._workers_database = fresh_postgres(WORKERS_POSTGRES_URL)
+        # Capacity is what is measured: neither the web process's nor the worker's limit on runs applies.
+        values: dict[str, Any] = {"WORKER_CONCURRENCY": 100_000}
+        if role != "inprocess":
+            values["WORKER_CHANNEL"] = WORKER_CHANNEL
+        module = f"settings_{'inprocess' if role == 'inprocess' else 'workers'}"
+        env = {
+            "DATABASE_URL": self._workers_database,
+            "REDIS_URL": REDIS_URL,
+            **agentapp_env,
+            "AGENTAPP_OFFLINE_TPS": tps,
+            "AGENTAPP_MAX_CONCURRENT_RUNS": "0",
+            **settings_module(self.workdir, module, WORKERS_LAYER_CAPACITY, **values),
+        }
+        if role == "worker":
+            return agentapp_worker(name, env, self.workdir)
+        return agentapp_server(name, "project.asgi:application", env, self.workdir)
 
     def get(self, *names: str) -> list[Server]:
         """The named servers, started in parallel if they are not running yet."""

@@ -86,6 +86,11 @@ if REDIS_URL:
             "CONFIG": {"hosts": [REDIS_URL]},
         }
     }
+    if _layer != "pubsub":
+        # The core layer keeps every message for all channels of one process in one Redis list of at most
+        # ``capacity`` messages (100 by default): a process following many runs of other processes (or of workers)
+        # overflows that and loses frames. Sized for thousands of concurrent runs (docs/deployment.md).
+        CHANNEL_LAYERS["default"]["CONFIG"]["capacity"] = int(os.environ.get("AGENTAPP_LAYER_CAPACITY", "10000"))
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "agentapp.layers.InMemoryChannelLayer"}}
 
