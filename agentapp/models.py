@@ -64,6 +64,8 @@ class Run(models.Model):
     cost = models.DecimalField(max_digits=16, decimal_places=8, null=True, blank=True)
     usage = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
+    # The validated object of an agent with a structured output model, as JSON (the ``result`` frame's).
+    structured_output = models.JSONField(null=True, blank=True, default=None)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
     started_at = models.DateTimeField(auto_now_add=True)

@@ -1,7 +1,9 @@
 """A deterministic Strands model that needs no network: it plans calculator steps from the prompt.
 
 The model reads the last user prompt and the tool results that followed it, then either asks for the next
-tool call (one per model call) or streams a final text answer word by word, as Bedrock-shaped events.
+tool call (one per model call) or streams a final text answer word by word, as Bedrock-shaped events. "Think about X"
+streams reasoning before the answer, "Cite X" a citation with it, and a tool Strands forces (structured output) is
+called with an input filled from its schema.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ _PHRASE_RE = re.compile(
     rf"(?P<a>(?:-|(?<!\d))\d++(?:\.\d++)?+)\s++(?P<op>divided by|multiplied by|times|plus|minus)\s++(?P<b>{_NUM})",
     re.IGNORECASE,
 )
+# "Think about X": a reasoning block, then an answer; "Cite X": an answer with a citation of the source X.
+_THINK_RE = re.compile(r"\bthink\s++about\s++(?P<topic>[^.?!\n]++)", re.IGNORECASE)
+_CITE_RE = re.compile(r"\bcite\s++(?P<source>[^.?!\n]++)", re.IGNORECASE)
+# A number in an answer, to fill a numeric field of a structured output.
+_ANSWER_NUMBER_RE = re.compile(r"(?:-|(?<!\d))\d++(?:\.\d++)?+")
 _CAPITAL_RE = re.compile(r"\bcapital of\s+(?:the\s+)?(?P<country>[A-Za-z][A-Za-z ]*[A-Za-z])", re.IGNORECASE)
 # Everyday phrasings (each starts at a word, or at a number no digit precedes, so each stays linear).
 _LEAD_NUM = r"(?:-|(?<!\d))\d++(?:\.\d++)?+"
@@ -365,18 +372,93 @@ def _decide(prompt: str, steps: list[_Step], tool_names: set[str]) -> tuple[_Too
 
 @dataclass(frozen=True)
 class _Turn:
-    """What the model does next: the tool steps it read, and the tool call or answer (as tokens) it chose."""
+    """What the model does next: the tool steps it read, and the tool call or answer (as tokens) it chose.
+
+    ``thought`` is streamed as reasoning before the answer; ``citation`` is streamed with the answer's text.
+    """
 
     steps: list[_Step]
     action: _ToolCall | str
     stream_tokens: int | None
     tokens: list[str]
     thought: list[str]
+    citation: dict[str, Any] | None = None
 
 
-def _next_turn(messages: Messages, tool_names: set[str], reasoning: bool) -> _Turn:
-    """Read the conversation and decide the next step; run in a worker thread."""
+def _last_answer(messages: Messages) -> str:
+    """The text of the last assistant message that has text (what a structured output is made of)."""
+    for message in reversed(messages):
+        if message["role"] == "assistant":
+            text = "".join(block["text"] for block in message["content"] if "text" in block)
+            if text:
+                return text
+    return ""
+
+
+def _filled(schema: Any, defs: dict[str, Any], text: str, name: str, depth: int = 0) -> Any:
+    """A value for a JSON schema, deterministic: strings get ``text``, numbers its last number, booleans true."""
+    if not isinstance(schema, dict) or depth > 16:
+        return None
+    if isinstance(schema.get("$ref"), str):
+        return _filled(defs.get(schema["$ref"].rsplit("/", 1)[-1]), defs, text, name, depth + 1)
+    if "default" in schema:
+        return schema["default"]
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        options = [option for option in schema.get(key) or [] if option.get("type") != "null"]
+        if options:
+            return _filled(options[0], defs, text, name, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((item for item in kind if item != "null"), "null")
+    numbers = _ANSWER_NUMBER_RE.findall(text)
+    if kind == "integer":
+        return int(float(numbers[-1])) if numbers else 0
+    if kind == "number":
+        return float(numbers[-1]) if numbers else 0.0
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    if kind == "array":
+        return [_filled(schema.get("items") or {"type": "string"}, defs, text, name, depth + 1)]
+    if kind == "object" or "properties" in schema:
+        properties = schema.get("properties") or {}
+        return {key: _filled(value, defs, text, key, depth + 1) for key, value in properties.items()}
+    return text or name
+
+
+def _structured_call(spec: ToolSpec, messages: Messages) -> _ToolCall:
+    """The call of a structured output tool Strands forces, its input filled from the tool's schema."""
+    schema = dict((spec.get("inputSchema") or {}).get("json") or {})
+    defs = dict(schema.get("$defs") or schema.get("definitions") or {})
+    return _ToolCall(spec["name"], _filled(schema, defs, _last_answer(messages), spec["name"]) or {})
+
+
+def _next_turn(messages: Messages, tool_names: set[str], reasoning: bool, forced: ToolSpec | None = None) -> _Turn:
+    """Read the conversation and decide the next step; run in a worker thread.
+
+    ``forced`` is the tool Strands forces (structured output): it is called, whatever the prompt.
+    """
+    if forced is not None:
+        return _Turn([], _structured_call(forced, messages), None, [], [])
     prompt, steps = _read_turn(messages)
+    if match := _THINK_RE.search(prompt):
+        topic = match["topic"].strip()
+        thought = f"Let me think about {topic}: it deserves a careful answer."
+        return _Turn(steps, f"I thought about {topic}.", None, _tokens(f"I thought about {topic}."), _tokens(thought))
+    if match := _CITE_RE.search(prompt):
+        source = match["source"].strip()
+        answer = f"According to {source}, this answer has a source."
+        citation = {
+            "title": source,
+            "location": {"documentChar": {"documentIndex": 0, "start": 0, "end": len(source)}},
+            "sourceContent": [{"text": source}],
+        }
+        return _Turn(steps, answer, None, _tokens(answer), [], citation)
     action, stream_tokens = _decide(prompt, steps, tool_names)
     if isinstance(action, _ToolCall):
         return _Turn(steps, action, stream_tokens, [], [])
@@ -443,6 +525,14 @@ class _Pacer:
         return not self.cancelled()
 
 
+def _forced_tool(tool_choice: Any, tool_specs: list[ToolSpec]) -> ToolSpec | None:
+    """The spec of the tool a ``{"tool": {"name": ...}}`` tool choice forces, if the model was given it."""
+    if not isinstance(tool_choice, dict) or not isinstance(tool_choice.get("tool"), dict):
+        return None
+    name = tool_choice["tool"].get("name")
+    return next((spec for spec in tool_specs if spec["name"] == name), None)
+
+
 class OfflineModel(Model):
     """A deterministic, network-free model for tests, demos and benchmarks."""
 
@@ -489,8 +579,9 @@ class OfflineModel(Model):
         """Stream one assistant message: a single tool call, or the final answer token by token."""
         started = time.monotonic()
         tool_names = {spec["name"] for spec in tool_specs or []}
+        forced = _forced_tool(kwargs.get("tool_choice"), tool_specs or [])
         # Reading a long history and a long prompt is linear but not free: keep it off the event loop.
-        turn = await asyncio.to_thread(_next_turn, messages, tool_names, self.config["reasoning"])
+        turn = await asyncio.to_thread(_next_turn, messages, tool_names, self.config["reasoning"], forced)
         steps, action, stream_tokens = turn.steps, turn.action, turn.stream_tokens
         output_tokens = 0
 
@@ -503,7 +594,7 @@ class OfflineModel(Model):
             output_tokens, stop_reason = 1, "tool_use"
         else:
             pacer = _Pacer(self.config["tokens_per_second"], cancel_signal)
-            if self.config["reasoning"]:
+            if turn.thought:
                 yield {"contentBlockStart": {"start": {}}}
                 for token in turn.thought:
                     if not await pacer.wait():
@@ -521,6 +612,8 @@ class OfflineModel(Model):
                     return
                 output_tokens += 1
                 yield {"contentBlockDelta": {"delta": {"text": token}}}
+            if turn.citation is not None:
+                yield {"contentBlockDelta": {"delta": {"citation": turn.citation}}}
             yield {"contentBlockStop": {}}
             stop_reason = "end_turn"
         yield {"messageStop": {"stopReason": stop_reason}}

@@ -4,7 +4,8 @@ Server frames are JSON objects with ``type`` and ``conversation_id``; frames ins
 ``run_id`` and ``seq`` (0, 1, 2, ... per run). Strands events keep their ``stream_async`` key as both
 the frame type and the payload key, so ``"data" in frame`` works as it does on the raw event.
 Only the fields listed here leave the server: agent objects, spans, invocation state and exceptions
-never do. Each server frame type has a TypedDict here (``SERVER_FRAMES``), and ``merge_into`` / ``seq_span`` are
+never do; ``STRANDS_EVENTS`` and ``DROPPED_EVENTS`` say what each Strands event becomes. Each server frame type has
+a TypedDict here (``SERVER_FRAMES``), and ``merge_into`` / ``seq_span`` are
 the one rule for merging text deltas and tool-use updates. ``docs/protocol.md`` describes the same frames for
 client authors; ``agentapp.messages`` types the channel-layer messages that carry them between connections.
 """
@@ -36,6 +37,11 @@ TOOL_RESULT = "tool_result"
 FORCE_STOP = "force_stop"
 THROTTLED = "event_loop_throttled_delay"
 RESULT = "result"
+# A citation the model streams with its text; a tool's progress while it runs (Strands' ToolStreamEvent).
+CITATION = "citation"
+TOOL_STREAM = "tool_stream"
+# A Strands event this module has no rule for: its JSON-safe fields (see ``STRANDS_EVENTS``).
+RAW = "raw"
 
 # Our own frames.
 CONVERSATION = "conversation"
@@ -171,12 +177,29 @@ class Metrics(TypedDict):
 
 
 class ResultPayload(TypedDict):
-    """Strands' AgentResult on the wire: stop reason, final message, this run's usage and metrics."""
+    """Strands' AgentResult on the wire: stop reason, final message, usage, metrics, and any structured output."""
 
     stop_reason: str
     message: PublicMessage
     usage: Usage
     metrics: Metrics
+    structured_output: NotRequired[dict[str, Any]]
+
+
+class CitationPayload(TypedDict, total=False):
+    """One Strands citation: where in a source the text comes from, the cited source text, the source's title."""
+
+    location: dict[str, Any]
+    sourceContent: list[Any]
+    title: str
+
+
+class ToolStreamPayload(TypedDict):
+    """What a running tool yielded (``data``, JSON-safe), with its call's id and name."""
+
+    toolUseId: str
+    name: str
+    data: Any
 
 
 class InterruptPayload(TypedDict):
@@ -329,6 +352,27 @@ class ReasoningFrame(RunEnvelope):
     reasoningText: str
 
 
+class CitationFrame(RunEnvelope):
+    """Strands' CitationStreamEvent: a citation for the text being streamed (stored in a citationsContent block)."""
+
+    type: Literal["citation"]
+    citation: CitationPayload
+
+
+class ToolStreamFrame(RunEnvelope):
+    """Strands' ToolStreamEvent: a running tool reports progress (each item a streaming tool yields)."""
+
+    type: Literal["tool_stream"]
+    tool_stream: ToolStreamPayload
+
+
+class RawFrame(RunEnvelope):
+    """A Strands event agentapp has no frame for, as its JSON-safe fields (invocation state left out)."""
+
+    type: Literal["raw"]
+    raw: dict[str, Any]
+
+
 class MessageFrame(RunEnvelope):
     """A complete message added to the conversation: the assistant's after each model call, or tool results."""
 
@@ -439,6 +483,9 @@ Frame = (
     | DataFrame
     | CurrentToolUseFrame
     | ReasoningFrame
+    | CitationFrame
+    | ToolStreamFrame
+    | RawFrame
     | MessageFrame
     | ToolResultFrame
     | ForceStopFrame
@@ -465,6 +512,9 @@ SERVER_FRAMES: dict[str, type] = {
     DATA: DataFrame,
     CURRENT_TOOL_USE: CurrentToolUseFrame,
     REASONING: ReasoningFrame,
+    CITATION: CitationFrame,
+    TOOL_STREAM: ToolStreamFrame,
+    RAW: RawFrame,
     MESSAGE: MessageFrame,
     TOOL_RESULT: ToolResultFrame,
     FORCE_STOP: ForceStopFrame,
@@ -636,13 +686,16 @@ def _usage(usage: Mapping[str, Any] | None) -> Usage:
 
 
 def result_payload(result: Any) -> ResultPayload:
-    """The wire form of an AgentResult: stop reason, final message, this run's usage and metrics."""
+    """The wire form of an AgentResult: stop reason, final message, this run's usage and metrics.
+
+    A run with a structured output model adds ``structured_output``, the validated object as JSON.
+    """
     metrics = getattr(result, "metrics", None)
     invocation = getattr(metrics, "latest_agent_invocation", None)
     cycles = list(getattr(invocation, "cycles", None) or [])
     durations = list(getattr(metrics, "cycle_durations", None) or [])[-len(cycles) :] if cycles else []
     message = getattr(result, "message", None) or {}
-    return {
+    payload: ResultPayload = {
         "stop_reason": str(getattr(result, "stop_reason", "") or ""),
         "message": public_message(message),
         "usage": _usage(getattr(invocation, "usage", None)),
@@ -651,10 +704,122 @@ def result_payload(result: Any) -> ResultPayload:
             "cycleDurationsS": [round(float(duration), 6) for duration in durations],
         },
     }
+    structured = getattr(result, "structured_output", None)
+    if structured is not None and callable(getattr(structured, "model_dump", None)):
+        payload["structured_output"] = json_safe(structured.model_dump(mode="json"))
+    return payload
+
+
+### Strands events: the frames each becomes, or why it becomes none (docs/protocol.md, "Strands events") ###
+
+# Each event class of ``strands.types._events`` that becomes frames, and their types.
+STRANDS_EVENTS: dict[str, tuple[str, ...]] = {
+    "InitEventLoopEvent": (INIT_EVENT_LOOP,),
+    "StartEvent": (START,),
+    "StartEventLoopEvent": (START_EVENT_LOOP,),
+    "TextStreamEvent": (DATA,),
+    "ToolUseStreamEvent": (CURRENT_TOOL_USE,),
+    "ReasoningTextStreamEvent": (REASONING,),
+    "CitationStreamEvent": (CITATION,),
+    "ToolStreamEvent": (TOOL_STREAM,),
+    "AgentAsToolStreamEvent": (TOOL_STREAM,),
+    "ModelMessageEvent": (MESSAGE,),
+    "ToolResultMessageEvent": (MESSAGE, TOOL_RESULT),
+    "ForceStopEvent": (FORCE_STOP,),
+    "EventLoopThrottleEvent": (THROTTLED,),
+    "AgentResultEvent": (RESULT,),
+    "ToolInterruptEvent": (INTERRUPT,),  # built by the runner, from the agent's interrupt state (agentapp.approvals)
+}
+# Each event class sent as no frame, and why. Any other event becomes a ``raw`` frame.
+DROPPED_EVENTS: dict[str, str] = {
+    "TypedEvent": "The base class of Strands events, never sent itself.",
+    "ModelStreamEvent": "The base class of the stream events; Strands does not send an empty one.",
+    "ModelStreamChunkEvent": "The model's raw chunk (`event`): the typed event sent with it is the frame.",
+    "ReasoningRedactedContentStreamEvent": "Redacted reasoning has no readable text; the stored message keeps it.",
+    "ReasoningSignatureStreamEvent": "A signature is for the model only; the stored message keeps it.",
+    "StructuredOutputEvent": "The `result` frame carries the structured output.",
+    "ToolCancelEvent": "The cancelled call's error result follows in `message` and `tool_result`.",
+    "EventLoopStopEvent": "Not sent to `stream_async`; `result` follows.",
+    "ModelStopReason": "Not sent to `stream_async`.",
+    "ToolResultEvent": "Not sent to `stream_async`; the tool results' `message` and `tool_result` follow.",
+    "MultiAgentResultEvent": "Multi-agent events: dropped until agentapp runs a Swarm or a Graph.",
+    "MultiAgentNodeStartEvent": "Multi-agent events: dropped until agentapp runs a Swarm or a Graph.",
+    "MultiAgentNodeStopEvent": "Multi-agent events: dropped until agentapp runs a Swarm or a Graph.",
+    "MultiAgentHandoffEvent": "Multi-agent events: dropped until agentapp runs a Swarm or a Graph.",
+    "MultiAgentNodeStreamEvent": "Multi-agent events: dropped until agentapp runs a Swarm or a Graph.",
+    "MultiAgentNodeCancelEvent": "Multi-agent events: dropped until agentapp runs a Swarm or a Graph.",
+    "MultiAgentNodeInterruptEvent": "Multi-agent events: dropped until agentapp runs a Swarm or a Graph.",
+}
+# Keys of the events dropped by rule (``stop``: EventLoopStopEvent's and ModelStopReason's); a tool interrupt is the
+# runner's ``interrupt`` frame.
+_DROPPED_KEYS = (
+    "reasoningRedactedContent",
+    "reasoning_signature",
+    "structured_output",
+    "tool_cancel_event",
+    "tool_interrupt_event",
+    "stop",
+)
+# Invocation state Strands merges into some events: never on the wire, nor in a ``raw`` frame or a tool's stream.
+_INVOCATION_STATE = frozenset(
+    {
+        "agent",
+        "model",
+        "messages",
+        "system_prompt",
+        "tool_config",
+        "request_state",
+        "invocation_state",
+        "event_loop_cycle_id",
+        "event_loop_cycle_trace",
+        "event_loop_cycle_span",
+        "event_loop_parent_span",
+        "event_loop_parent_cycle_id",
+        "trace_span",
+    }
+)
+# Keys of the events that become frames: an event holding one that matched no rule above is malformed.
+_KNOWN_KEYS = (DATA, CURRENT_TOOL_USE, REASONING, CITATION, "tool_stream_event", MESSAGE, FORCE_STOP, THROTTLED, RESULT)
+_PLAIN = (type(None), bool, int, float, str, list, tuple, Mapping, bytes, bytearray)
+
+
+def public_fields(event: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's fields of plain data, made JSON-safe; invocation state and objects (agents, spans) left out."""
+    return {
+        key: json_safe(value)
+        for key, value in event.items()
+        if isinstance(key, str) and key not in _INVOCATION_STATE and isinstance(value, _PLAIN)
+    }
+
+
+def _citation(citation: Mapping[str, Any]) -> CitationPayload:
+    payload: CitationPayload = {}
+    if isinstance(citation.get("location"), Mapping):
+        payload["location"] = json_safe(citation["location"])
+    if isinstance(citation.get("sourceContent"), (list, tuple)):
+        payload["sourceContent"] = json_safe(list(citation["sourceContent"]))
+    if isinstance(citation.get("title"), str):
+        payload["title"] = citation["title"]
+    return payload
+
+
+def _tool_stream(stream: Mapping[str, Any]) -> ToolStreamPayload:
+    tool_use = stream.get("tool_use")
+    tool_use = tool_use if isinstance(tool_use, Mapping) else {}
+    data = stream.get("data")
+    return {
+        "toolUseId": str(tool_use.get("toolUseId", "")),
+        "name": str(tool_use.get("name", "")),
+        # A sub-agent's event (an agent as a tool) carries its invocation state: left out here too.
+        "data": public_fields(data) if isinstance(data, Mapping) else json_safe(data),
+    }
 
 
 def payloads_for_event(event: Mapping[str, Any], tool_names: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Translate one stream_async event into zero or more frame payloads (frames without the ``RunEnvelope``)."""
+    """Translate one stream_async event into zero or more frame payloads (frames without the ``RunEnvelope``).
+
+    ``STRANDS_EVENTS`` and ``DROPPED_EVENTS`` say what each Strands event becomes; anything else is a ``raw`` frame.
+    """
     # Most events are a text delta or the raw model chunk that comes with it: both answered at the cost of a lookup.
     text = event.get(DATA)
     if type(text) is str:
@@ -665,18 +830,25 @@ def payloads_for_event(event: Mapping[str, Any], tool_names: Mapping[str, str]) 
 
 
 def _other_payloads(event: Mapping[str, Any], tool_names: Mapping[str, str]) -> Iterator[dict[str, Any]]:
+    kind = event.get("type")
     if event.get(INIT_EVENT_LOOP):
         yield {"type": INIT_EVENT_LOOP, INIT_EVENT_LOOP: True}
     elif event.get(START_EVENT_LOOP):
         yield {"type": START_EVENT_LOOP, START_EVENT_LOOP: True}
     elif event.get(START):
         yield {"type": START, START: True}
-    elif isinstance(event.get(DATA), str):
-        yield {"type": DATA, DATA: event[DATA]}
+    elif isinstance(kind, str) and kind.startswith("multiagent_"):
+        return
     elif isinstance(event.get(CURRENT_TOOL_USE), Mapping):
         yield {"type": CURRENT_TOOL_USE, CURRENT_TOOL_USE: _public_tool_use(event[CURRENT_TOOL_USE])}
     elif event.get(REASONING) and isinstance(event.get("reasoningText"), str):
         yield {"type": REASONING, REASONING: True, "reasoningText": event["reasoningText"]}
+    elif isinstance(event.get(CITATION), Mapping):
+        yield {"type": CITATION, CITATION: _citation(event[CITATION])}
+    elif isinstance(event.get("tool_stream_event"), Mapping):
+        # An object a tool yields (not JSON data) says nothing to a client: only its result does, later.
+        if isinstance(event["tool_stream_event"].get("data"), _PLAIN):
+            yield {"type": TOOL_STREAM, TOOL_STREAM: _tool_stream(event["tool_stream_event"])}
     elif isinstance(event.get(MESSAGE), Mapping):
         message = event[MESSAGE]
         yield {"type": MESSAGE, MESSAGE: public_message(message)}
@@ -697,6 +869,12 @@ def _other_payloads(event: Mapping[str, Any], tool_names: Mapping[str, str]) -> 
         yield {"type": THROTTLED, THROTTLED: event[THROTTLED]}
     elif RESULT in event and not isinstance(event.get(RESULT), (str, bytes, Mapping)):
         yield {"type": RESULT, RESULT: result_payload(event[RESULT])}
+    elif any(key in event for key in _DROPPED_KEYS) or kind == TOOL_RESULT:
+        return
+    elif any(key in event for key in _KNOWN_KEYS):
+        return  # a known event's key with a value of the wrong shape: malformed, not new
+    elif fields := public_fields(event):
+        yield {"type": RAW, RAW: fields}
 
 
 ### Envelope ###

@@ -238,6 +238,7 @@ def finish_run(run_id: Any, conversation_id: Any, outcome: Mapping[str, Any]) ->
         **usage.run_usage_fields(str(outcome.get("model_id") or ""), reported),
         usage=reported,
         metrics=metrics,
+        structured_output=storable(outcome.get("structured_output"))[0],
         latency_ms=outcome.get("latency_ms"),
         error=storable_text(outcome.get("error", "")),
         interrupts=storable(outcome.get("interrupts") or [])[0],

@@ -199,6 +199,7 @@ class AgentRun:
                     usage=payload[protocol.RESULT]["usage"],
                     metrics=payload[protocol.RESULT]["metrics"],
                     stop_reason=self.stop_reason,
+                    structured_output=payload[protocol.RESULT].get("structured_output"),
                 )
             await self._send(payload)
 

@@ -105,7 +105,7 @@ def frame_type_constants() -> dict[str, str]:
 
 def test_every_frame_type_constant_has_a_typed_dict_with_a_docstring_and_a_section_in_the_docs():
     constants = frame_type_constants()
-    assert len(constants) == 22
+    assert len(constants) == 25
     assert set(constants.values()) == set(protocol.SERVER_FRAMES)
     docs = DOCS.read_text()
     for frame_type, cls in protocol.SERVER_FRAMES.items():
@@ -128,6 +128,9 @@ def test_frames_built_from_strands_events_fit_their_types():
         {"data": "2+2 "},
         {"current_tool_use": {"toolUseId": "t1", "name": "calculator", "input": '{"ex'}},
         {"reasoning": True, "reasoningText": "Hm"},
+        {"citation": {"title": "Docs", "location": {"web": {"url": "https://x"}}}, "delta": {}},
+        {"type": "tool_stream", "tool_stream_event": {"tool_use": {"toolUseId": "t1", "name": "p"}, "data": 1}},
+        {"type": "something_new", "value": 1},
         {"message": {"role": "user", "content": [{"toolResult": {"toolUseId": "t1", "status": "success"}}]}},
         {"force_stop": True, "force_stop_reason": "boom"},
         {"event_loop_throttled_delay": 4},
@@ -142,6 +145,9 @@ def test_frames_built_from_strands_events_fit_their_types():
         protocol.DATA,
         protocol.CURRENT_TOOL_USE,
         protocol.REASONING,
+        protocol.CITATION,
+        protocol.TOOL_STREAM,
+        protocol.RAW,
         protocol.MESSAGE,
         protocol.TOOL_RESULT,
         protocol.FORCE_STOP,

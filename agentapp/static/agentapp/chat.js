@@ -100,6 +100,18 @@ function markPartial(element) {
   element.append(node("span", "partial-note", "stopped"));
 }
 
+/** How a citation is listed: its title, else the cited source text, else where it points. */
+function citationLabel(citation) {
+  if (typeof citation?.title === "string" && citation.title) return citation.title;
+  const source = (citation?.sourceContent || []).map((item) => item?.text).filter((text) => typeof text === "string");
+  return source.join(" ") || JSON.stringify(citation?.location ?? citation ?? null);
+}
+
+/** The text of a citationsContent block ("" for any other block). */
+function citedText(block) {
+  return (block?.citationsContent?.content || []).map((item) => item?.text ?? "").join("");
+}
+
 /** A tool input for display: streamed inputs are partial JSON strings, finished ones are objects. */
 function inputText(input) {
   return typeof input === "string" ? input : JSON.stringify(input);
@@ -190,6 +202,27 @@ class RunView {
     reasoning.lastElementChild.append(document.createTextNode(text));
   }
 
+  /** A citation of the text streamed last: listed under that text, as text only (its title or cited source). */
+  addCitation(citation) {
+    const holder = this.lastText ?? this.body;
+    let list = holder.querySelector(":scope > .citations");
+    if (!list) {
+      list = node("ol", "citations");
+      holder.append(list);
+    }
+    list.append(node("li", "citation", citationLabel(citation)));
+  }
+
+  /** A running tool's latest progress (a tool_stream frame), shown on its card. */
+  toolProgress({ toolUseId, name, data }) {
+    const card = this.toolUse({ toolUseId, name });
+    if (!card.progress) {
+      card.progress = node("div", "tool-progress");
+      card.input.after(card.progress);
+    }
+    card.progress.textContent = typeof data === "string" ? data : JSON.stringify(data);
+  }
+
   /** The card of a tool call, created on first sight and updated as the input arrives. */
   toolUse({ toolUseId, name, input }) {
     let card = this.tools.get(toolUseId);
@@ -228,8 +261,7 @@ class RunView {
   /** A complete assistant message: fill in what was not streamed to us and any tool calls it makes. */
   assistantMessage(message, partial = false) {
     const text = (message.content || [])
-      .filter((block) => block && typeof block.text === "string")
-      .map((block) => block.text)
+      .map((block) => (typeof block?.text === "string" ? block.text : citedText(block)))
       .join("");
     if (text && !this.streamedSinceMessage) this.appendText(text);
     for (const block of message.content || []) {
@@ -407,6 +439,10 @@ function renderHistoryMessage(message) {
   for (const block of content) {
     if (typeof block?.text === "string") run.appendText(block.text);
     else if (block?.toolUse) run.toolUse(block.toolUse);
+    else if (block?.citationsContent) {
+      run.appendText(citedText(block));
+      for (const citation of block.citationsContent.citations || []) run.addCitation(citation);
+    }
     else if (typeof block?.reasoningContent?.reasoningText?.text === "string") {
       run.appendReasoning(block.reasoningContent.reasoningText.text);
     }
@@ -558,6 +594,12 @@ function onRunFrame(frame) {
       break;
     case "current_tool_use":
       run.toolUse(frame.current_tool_use);
+      break;
+    case "citation":
+      run.addCitation(frame.citation);
+      break;
+    case "tool_stream":
+      run.toolProgress(frame.tool_stream);
       break;
     case "message":
       if (frame.message?.role === "assistant") run.assistantMessage(frame.message);
