@@ -217,7 +217,8 @@ class AnswerFilter:
     """Picks, from everything a connection receives, the frames that answer one client frame, and sees the end.
 
     A prompt or an approval answer is answered by the run it starts (to its ``run_finished``) or by a refusal
-    (an ``error`` outside any run); a cancel by the end of the run or wait it stopped, or by a refusal.
+    (an ``error`` outside any run); a cancel by the end of the run or wait it stopped, or by a refusal. A queued
+    prompt is answered by ``run_queued``, then by that run only, to its end (or its ``run_dequeued``).
     """
 
     def __init__(self, frame_type: str, hello: dict[str, Any]) -> None:
@@ -226,6 +227,8 @@ class AnswerFilter:
         # A run already in progress when we connected is someone else's: its replayed frames are not the answer.
         self.foreign = {active["run_id"]} if active.get("run_id") else set()
         self.done = False
+        # The queued run the prompt became, once its ``run_queued`` came.
+        self.queued: str | None = None
 
     def wants(self, frame: dict[str, Any]) -> bool:
         """Whether the frame belongs in the answer; sets ``done`` at the last one."""
@@ -234,8 +237,16 @@ class AnswerFilter:
             self.done = True
             return True
         if self.frame_type == protocol.CLIENT_CANCEL:
-            self.done = frame_type in (protocol.RUN_FINISHED, protocol.INTERRUPT_RESOLVED)
+            self.done = frame_type in (protocol.RUN_FINISHED, protocol.INTERRUPT_RESOLVED, protocol.RUN_DEQUEUED)
             return self.done
+        if frame_type == protocol.RUN_QUEUED and self.queued is None:
+            self.queued = run_id
+            return True
+        if self.queued is not None and run_id != self.queued:
+            return False
+        if frame_type == protocol.RUN_DEQUEUED:
+            self.done = True
+            return True
         if run_id in self.foreign or frame_type == protocol.INTERRUPT_RESOLVED:
             return False
         self.done = frame_type == protocol.RUN_FINISHED

@@ -194,6 +194,26 @@ async def test_busy_conversation_refuses_a_second_prompt(layer, paced, ada) -> N
 
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
+async def test_a_queued_prompt_is_answered_by_its_own_run(layer, paced, ada) -> None:
+    asker = Client(user=ada)
+    hello = await asker.hello()
+    await asker.prompt(f"Stream {TOKENS} tokens")
+    first = (await asker.until(protocol.DATA))[0]["run_id"]
+    client = await logged_in(ada)
+    frame = {"type": "prompt", "prompt": "Calculate 6*7", "if_busy": "enqueue"}
+    reader = EventReader(await post(client, f"/sse/{hello['conversation_id']}/", frame))
+    await reader.frame()
+    answer = await reader.rest()  # its run_queued, then its own run only, to its end
+    queued = answer[0]
+    assert queued["type"] == protocol.RUN_QUEUED and queued["run_id"] != first
+    assert {frame["run_id"] for frame in answer} == {queued["run_id"]}
+    assert answer[1]["type"] == protocol.RUN_STARTED
+    assert answer[-1]["type"] == protocol.RUN_FINISHED and answer[-1]["status"] == protocol.STATUS_COMPLETED
+    await asker.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
 async def test_cancel_over_post_stops_a_websocket_run(layer, paced, ada) -> None:
     asker = Client(user=ada)
     hello = await asker.hello()
