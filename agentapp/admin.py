@@ -14,7 +14,18 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from . import admin_usage  # noqa: F401  (registers the usage page)
-from .models import AgentState, Conversation, ConversationMember, Feedback, Message, Quota, Run, ToolResult
+from .models import (
+    AgentState,
+    Attachment,
+    Conversation,
+    ConversationMember,
+    Feedback,
+    Message,
+    Quota,
+    Run,
+    RunStep,
+    ToolResult,
+)
 
 # Titles longer than this are cut in change lists (the full title shows on hover), so the other columns stay in view.
 LIST_TITLE_CHARS = 60
@@ -108,6 +119,14 @@ def render_block(block: Any, tool_names: Mapping[str, str]) -> SafeString:
             status,
             status,
             _result_text(result.get("content")),
+        )
+    if isinstance(block.get("attachment"), Mapping):
+        ref = block["attachment"]
+        return format_html(
+            '<div class="agentapp-attachment">Attachment <strong>{}</strong> ({}, {} bytes)</div>',
+            ref.get("name", ""),
+            ref.get("mime_type", ""),
+            ref.get("size", ""),
         )
     if isinstance(block.get("reasoningContent"), Mapping):
         text = block["reasoningContent"].get("reasoningText", {}).get("text", "")
@@ -296,6 +315,17 @@ class RunAdmin(ConversationColumn, ReadOnlyAdmin):
         return ", ".join(f"{item.get('tool') or item.get('name')}({item.get('input')})" for item in run.interrupts)
 
 
+@admin.register(RunStep)
+class RunStepAdmin(ReadOnlyAdmin):
+    """The node executions of multi-agent runs (a Swarm or a Graph), newest run first, in order within a run."""
+
+    ordering = ("-run__started_at", "position")
+    list_display = ("node_id", "node_type", "status", "run", "position", "execution_time_ms", "started_at")
+    list_filter = ("status", "node_type")
+    search_fields = ("node_id", "text")
+    list_select_related = ("run",)
+
+
 @admin.register(Message)
 class MessageAdmin(ConversationColumn, ReadOnlyAdmin):
     """Stored Strands messages, newest first."""
@@ -325,6 +355,21 @@ class AgentStateAdmin(ConversationColumn, ReadOnlyAdmin):
     list_display = ("agent_id", "conversation_title", "updated_at")
     search_fields = ("agent_id",)
     list_select_related = ("conversation",)
+
+
+@admin.register(Attachment)
+class AttachmentAdmin(ConversationColumn, ReadOnlyAdmin):
+    """Uploaded files by type and size, newest first; the file itself is opened through the access-checked API."""
+
+    ordering = ("-created_at",)
+    list_display = ("original_name", "mime_type", "size", "dimensions", "owner", "conversation_title", "created_at")
+    list_filter = ("mime_type",)
+    search_fields = ("original_name", "sha256")
+    list_select_related = ("conversation", "owner")
+
+    @admin.display(description="Pixels")
+    def dimensions(self, obj: Attachment) -> str:
+        return f"{obj.width}x{obj.height}" if obj.width is not None else ""
 
 
 ### Quotas and feedback ###

@@ -40,15 +40,20 @@ def agent_factory() -> Any:
     return import_string(app_settings.AGENT_FACTORY)
 
 
-def build_agent(conversation: Any, user: Any, history: list[dict[str, Any]]) -> Agent:
+def build_agent(conversation: Any, user: Any, history: list[dict[str, Any]]) -> Any:
     """Build the conversation's agent with the factory, add the approval hook and give it the stored history.
 
-    Tools named in ``AGENTAPP["APPROVAL_TOOLS"]`` or marked with ``requires_approval`` then pause for approval.
+    Tools named in ``AGENTAPP["APPROVAL_TOOLS"]`` or marked with ``requires_approval`` then pause for approval. A
+    Strands Swarm or Graph is returned as built, its agents refusing such tools (``agentapp.multiagent``).
     """
+    from .multiagent import is_team, prepare_team
+
     agent = agent_factory()(conversation, user)
+    if is_team(agent):
+        return prepare_team(agent)
     if not isinstance(agent, Agent):
         raise ImproperlyConfigured(
-            f"{app_settings.AGENT_FACTORY} returned {type(agent).__name__}, not a strands.Agent."
+            f"{app_settings.AGENT_FACTORY} returned {type(agent).__name__}, not a strands.Agent, Swarm or Graph."
         )
     agent.hooks.add_hook(ApprovalHook(app_settings.APPROVAL_TOOLS))
     agent.messages = history

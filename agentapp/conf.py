@@ -119,6 +119,23 @@ DEFAULTS: dict[str, Any] = {
     # Dotted path of ``callable(conversation, first_prompt, first_answer) -> str`` titling a conversation after its
     # first answer, outside the run (e.g. "agentapp.titles.offline_title"); None: the first prompt's start.
     "TITLE_GENERATOR": None,
+    # Largest file the attachment upload takes, in bytes (Bedrock's limit of a document block is 4.5 MB).
+    "ATTACHMENT_MAX_BYTES": 4_500_000,
+    # Largest image, in bytes (Bedrock's limit of an image block is 3.75 MB).
+    "ATTACHMENT_MAX_IMAGE_BYTES": 3_750_000,
+    # MIME types an upload may have, as its bytes show them (agentapp.sniffing), not as the client says.
+    "ATTACHMENT_TYPES": [
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "application/pdf",
+        "text/plain",
+        "text/csv",
+        "text/markdown",
+    ],
+    # Attachments one prompt may carry.
+    "MAX_PROMPT_ATTACHMENTS": 5,
     # PostgreSQL text search configuration of conversation search ("simple": no stemming, no stop words).
     "SEARCH_CONFIG": "simple",
     # Longest search query (the API's ``q``), in characters.

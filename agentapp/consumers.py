@@ -168,7 +168,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 "You may watch this conversation, not prompt, cancel, answer approvals or give feedback.",
             )
         elif frame.type == protocol.CLIENT_PROMPT:
-            await submitting.prompt(self, frame.prompt, frame.if_busy)
+            await submitting.prompt(self, frame.prompt, frame.if_busy, frame.attachments)
         elif frame.type == protocol.CLIENT_CANCEL and frame.run_id:
             await submitting.cancel_queued(self, frame.run_id)
         elif frame.type == protocol.CLIENT_CANCEL:

@@ -13,7 +13,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 
-from . import leases, protocol, queueing, registry, runs
+from . import attachments, leases, protocol, queueing, registry, runs
 from .broadcast import group_name, layer_call
 from .dbwork import db_call
 from .hub import hub_for
@@ -98,17 +98,27 @@ async def start_claimed(layer: Any, claimed: queueing.Claimed, channel_name: str
     if slot is None:  # a run of the conversation still streams here: the queued one waits for it
         await db_call(queueing.release)(claimed.run_id)
         return False
+    loaded = None
+    if claimed.attachment_ids:
+        try:
+            loaded = await db_call(attachments.for_prompt)(claimed.conversation_id, claimed.attachment_ids)
+        except protocol.ProtocolError as refused:  # deleted while the prompt waited
+            host.refusal = (refused.code, refused.message)
+            await _refused(host, claimed)
+            return False
     resume = None
     if claimed.resume_of is not None:
         resume = {"run_id": claimed.resume_of, "state": claimed.resume_state or {}, "responses": claimed.responses}
-    work = _drive(host, slot, claimed, resume)
+    work = _drive(host, slot, claimed, resume, loaded)
     registry.start(claimed.conversation_id, work, slot)
     return True
 
 
-async def _drive(host: DetachedHost, slot: registry.Slot, claimed: queueing.Claimed, resume: Any) -> None:
+async def _drive(
+    host: DetachedHost, slot: registry.Slot, claimed: queueing.Claimed, resume: Any, loaded: list[Any] | None
+) -> None:
     try:
-        await runs.drive(host, slot, claimed.prompt, resume, run_id=claimed.run_id)
+        await runs.drive(host, slot, claimed.prompt, resume, run_id=claimed.run_id, attachments=loaded)
     finally:
         if host.refusal is not None:
             await _refused(host, claimed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .attachments import expand
 from .models import Message
 from .protocol import from_storable, json_safe
 
@@ -114,21 +115,25 @@ def repair_rows(messages: list[dict[str, Any]], positions: list[int]) -> tuple[l
     return repaired, starts
 
 
-def prompt_input(messages: list[dict[str, Any]], prompt: str) -> str | None:
-    """What to give ``stream_async``: the prompt, or None once it has joined the history's last user message.
+def prompt_input(
+    messages: list[dict[str, Any]], prompt: str, blocks: list[dict[str, Any]] | None = None
+) -> str | list[dict[str, Any]] | None:
+    """What to give ``stream_async``: the prompt (with ``blocks``, its attachments), or None once it has joined the
+    history's last user message.
 
     A run cut short after its tool results leaves the history ending on a user message. Models require
     alternating roles, so the prompt is added to that message and Strands continues from the history. A
     prompt left unanswered there is closed with a note instead: a new prompt never re-asks an old one.
     """
+    given: str | list[dict[str, Any]] = [{"text": prompt}, *blocks] if blocks else prompt
     if messages and asks(messages[-1]):
         messages.append(_note())
-        return prompt
+        return given
     if messages and messages[-1].get("role") == "user":
         last = messages[-1]
-        messages[-1] = {**last, "content": [*last["content"], {"text": prompt}]}
+        messages[-1] = {**last, "content": [*last["content"], {"text": prompt}, *(blocks or [])]}
         return None
-    return prompt
+    return given
 
 
 @dataclass
@@ -176,7 +181,7 @@ def window_of(
     if summarized:
         picked = _without_leading_results(picked)
     messages, positions = repair_rows(
-        [{"role": role, "content": from_storable(content)} for _, role, content in picked],
+        [{"role": role, "content": expand(from_storable(content), conversation_id)} for _, role, content in picked],
         [position for position, _, _ in picked],
     )
     return Window(messages, positions, tail[-1][0] + 1 if tail else start)

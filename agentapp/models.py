@@ -85,6 +85,8 @@ class Run(models.Model):
     # claimed it (cancels and replay requests go there; empty for a run of a web process).
     queued_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True, default="")
+    # The ids of a queued prompt's attachments, read when the run starts (agentapp.attachments).
+    attachment_ids = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["started_at"]
@@ -104,6 +106,32 @@ class Run(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prompt[:40]} ({self.status})"
+
+
+class RunStep(models.Model):
+    """One node execution of a multi-agent run (a Strands Swarm or Graph): which node, how it ended, its result."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    # The order the nodes finished in, from 0.
+    position = models.PositiveIntegerField()
+    # A Swarm's agent name or a Graph's node id, and Strands' node type ("agent", "swarm", "graph").
+    node_id = models.CharField(max_length=200)
+    node_type = models.CharField(max_length=32, blank=True, default="")
+    # Strands' node status: completed, failed, interrupted, or cancelled.
+    status = models.CharField(max_length=32)
+    # The node's final text, and its result as Strands serializes it (``NodeResult.to_dict``, JSON-safe).
+    text = models.TextField(blank=True, default="")
+    result = models.JSONField(default=dict, blank=True)
+    execution_time_ms = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "position"]
+        constraints = [models.UniqueConstraint(fields=["run", "position"], name="agentapp_runstep_run_position")]
+
+    def __str__(self) -> str:
+        return f"{self.node_id} ({self.status})"
 
 
 class Message(models.Model):
@@ -314,12 +342,53 @@ class Feedback(models.Model):
         return f"{self.rating} on #{self.message.position} by {self.user or 'anonymous'}"
 
 
+def _attachment_path(instance: Attachment, filename: str) -> str:
+    # The stored name is the attachment's id: the client's name is kept in ``original_name`` only.
+    return f"agentapp/attachments/{instance.conversation_id}/{instance.id}"
+
+
+class Attachment(models.Model):
+    """A file uploaded into a conversation for a prompt: kept in Django's storage, given to the model as a block."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="attachments")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="agent_attachments"
+    )
+    # The anonymous uploader's session (demo mode), when there is no user.
+    session_key = models.CharField(max_length=64, blank=True, default="")
+    file = models.FileField(upload_to=_attachment_path, max_length=255)
+    original_name = models.CharField(max_length=255)
+    # Sniffed from the file's first bytes (agentapp.attachments), never taken from the client.
+    mime_type = models.CharField(max_length=100)
+    size = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    # Pixel size of an image, read from its header; None for documents.
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["conversation", "created_at"], name="agentapp_attach_conv_created")]
+
+    def __str__(self) -> str:
+        return f"{self.original_name} ({self.mime_type})"
+
+
 @receiver(post_delete, sender=Conversation)
 def _conversation_deleted(sender: type, instance: Conversation, **kwargs: Any) -> None:
     # Its live connections are closed with not_found (see agentapp.sharing), whoever deleted it (API, admin, code).
     from .sharing import announce_deleted
 
     announce_deleted(instance.pk)
+
+
+@receiver(post_delete, sender=Attachment)
+def _attachment_deleted(sender: type, instance: Attachment, **kwargs: Any) -> None:
+    # The file goes with its row (deleted with its conversation too); a stored message's reference then reads "gone".
+    if instance.file:
+        instance.file.delete(save=False)
 
 
 @receiver(post_save, sender=ConversationMember)

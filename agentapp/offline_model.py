@@ -3,7 +3,7 @@
 The model reads the last user prompt and the tool results that followed it, then either asks for the next
 tool call (one per model call) or streams a final text answer word by word, as Bedrock-shaped events. "Think about X"
 streams reasoning before the answer, "Cite X" a citation with it, and a tool Strands forces (structured output) is
-called with an input filled from its schema.
+called with an input filled from its schema. In a Strands Swarm, "Hand off to NAME" calls its handoff tool.
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ from strands.types.content import Messages
 from strands.types.streaming import StreamEvent
 from strands.types.tools import ToolSpec
 
+from .sniffing import image_size
+
 CALCULATOR = "calculator"
+# The tool a Strands Swarm gives each of its agents to pass control to another.
+HANDOFF_TOOL = "handoff_to_agent"
 # Upper bound on a "Stream N tokens" request, so a prompt cannot make the model stream forever.
 MAX_STREAM_TOKENS = 1_000_000
 # The whole of the model's world knowledge.
@@ -71,6 +75,8 @@ _PHRASE_RE = re.compile(
 # "Think about X": a reasoning block, then an answer; "Cite X": an answer with a citation of the source X.
 _THINK_RE = re.compile(r"\bthink\s++about\s++(?P<topic>[^.?!\n]++)", re.IGNORECASE)
 _CITE_RE = re.compile(r"\bcite\s++(?P<source>[^.?!\n]++)", re.IGNORECASE)
+# "Hand off to NAME": in a Strands Swarm, call its handoff tool (once) when NAME is another agent of the swarm.
+_HANDOFF_RE = re.compile(r"\bhand\s*+off\s++to\s++(?P<name>[A-Za-z_]\w*+)", re.IGNORECASE)
 # A number in an answer, to fill a numeric field of a structured output.
 _ANSWER_NUMBER_RE = re.compile(r"(?:-|(?<!\d))\d++(?:\.\d++)?+")
 _CAPITAL_RE = re.compile(r"\bcapital of\s+(?:the\s+)?(?P<country>[A-Za-z][A-Za-z ]*[A-Za-z])", re.IGNORECASE)
@@ -284,6 +290,26 @@ def _read_turn(messages: Messages) -> tuple[str, list[_Step]]:
     return prompt, steps
 
 
+def _describe_files(messages: Messages) -> str:
+    """What the last prompt carried besides text: each image's format, size and pixels, each document's name."""
+    prompt = next(
+        (m for m in reversed(messages) if m["role"] == "user" and any("text" in b for b in m["content"])), None
+    )
+    described = []
+    for block in prompt["content"] if prompt else []:
+        if "image" in block:
+            image = block["image"]
+            data = bytes(image.get("source", {}).get("bytes") or b"")
+            pixels = image_size(data)
+            shape = f", {pixels[0]}x{pixels[1]} pixels" if pixels else ""
+            described.append(f"an image ({image.get('format')}, {len(data)} bytes{shape})")
+        elif "document" in block:
+            document = block["document"]
+            data = bytes(document.get("source", {}).get("bytes") or b"")
+            described.append(f'a document "{document.get("name")}" ({document.get("format")}, {len(data)} bytes)')
+    return " and ".join(described)
+
+
 def _number(text: str) -> str:
     """Format a numeric result nicely ("25.0" becomes "25"); other text is returned stripped."""
     text = text.strip()
@@ -438,6 +464,19 @@ def _structured_call(spec: ToolSpec, messages: Messages) -> _ToolCall:
     return _ToolCall(spec["name"], _filled(schema, defs, _last_answer(messages), spec["name"]) or {})
 
 
+def _handoff(prompt: str, steps: list[_Step], tool_names: set[str]) -> _ToolCall | str | None:
+    """In a Swarm, "Hand off to NAME": the handoff call, then its answer; None when NAME is no other agent there.
+
+    A Swarm lists the other agents in each agent's input as "Agent name: NAME.", so the one named does not hand on.
+    """
+    match = _HANDOFF_RE.search(prompt)
+    if match is None or HANDOFF_TOOL not in tool_names or f"Agent name: {match['name']}." not in prompt:
+        return None
+    if any(step.name == HANDOFF_TOOL for step in steps):
+        return f"I handed off to {match['name']}."
+    return _ToolCall(HANDOFF_TOOL, {"agent_name": match["name"], "message": f"Over to you, {match['name']}."})
+
+
 def _next_turn(messages: Messages, tool_names: set[str], reasoning: bool, forced: ToolSpec | None = None) -> _Turn:
     """Read the conversation and decide the next step; run in a worker thread.
 
@@ -446,6 +485,9 @@ def _next_turn(messages: Messages, tool_names: set[str], reasoning: bool, forced
     if forced is not None:
         return _Turn([], _structured_call(forced, messages), None, [], [])
     prompt, steps = _read_turn(messages)
+    if not steps and (files := _describe_files(messages)):
+        answer = f"I was given {files}. You said: {prompt}"
+        return _Turn(steps, answer, None, _tokens(answer), [])
     if match := _THINK_RE.search(prompt):
         topic = match["topic"].strip()
         thought = f"Let me think about {topic}: it deserves a careful answer."
@@ -459,6 +501,9 @@ def _next_turn(messages: Messages, tool_names: set[str], reasoning: bool, forced
             "sourceContent": [{"text": source}],
         }
         return _Turn(steps, answer, None, _tokens(answer), [], citation)
+    handoff = _handoff(prompt, steps, tool_names)
+    if handoff is not None:
+        return _Turn(steps, handoff, None, [] if isinstance(handoff, _ToolCall) else _tokens(handoff), [])
     action, stream_tokens = _decide(prompt, steps, tool_names)
     if isinstance(action, _ToolCall):
         return _Turn(steps, action, stream_tokens, [], [])

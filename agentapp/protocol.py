@@ -59,6 +59,10 @@ PRESENCE = "presence"
 FEEDBACK = "feedback"
 # The conversation has a new title (outside any run; to every connection).
 TITLE = "title"
+# A multi-agent run (a Strands Swarm or Graph): a node starts, a node ends, control passes between nodes.
+NODE_STARTED = "node_started"
+NODE_FINISHED = "node_finished"
+HANDOFF = "handoff"
 
 # Client frames.
 CLIENT_PROMPT = "prompt"
@@ -79,6 +83,8 @@ ERR_INVALID_FRAME = "invalid_frame"
 ERR_UNKNOWN_TYPE = "unknown_type"
 ERR_MISSING_PROMPT = "missing_prompt"
 ERR_PROMPT_TOO_LARGE = "prompt_too_large"
+ERR_TOO_MANY_ATTACHMENTS = "too_many_attachments"
+ERR_UNKNOWN_ATTACHMENT = "unknown_attachment"
 ERR_BUSY = "busy"
 ERR_NO_ACTIVE_RUN = "no_active_run"
 ERR_RUN_FAILED = "run_failed"
@@ -184,6 +190,8 @@ class ResultPayload(TypedDict):
     usage: Usage
     metrics: Metrics
     structured_output: NotRequired[dict[str, Any]]
+    # A multi-agent run's result: the nodes that ran, in order (the message is the last one's text).
+    nodes: NotRequired[list[str]]
 
 
 class CitationPayload(TypedDict, total=False):
@@ -211,6 +219,21 @@ class InterruptPayload(TypedDict):
     toolUseId: str
     input: Any
     reason: Any
+
+
+class AttachmentRef(TypedDict):
+    """An uploaded file as a stored prompt and the wire carry it: ``{"attachment": ref}`` next to the text block.
+
+    ``url`` opens the file for those with access to the conversation; ``width`` and ``height`` are an image's.
+    """
+
+    id: str
+    name: str
+    mime_type: str
+    size: int
+    url: str
+    width: NotRequired[int]
+    height: NotRequired[int]
 
 
 class HistoryMessage(TypedDict):
@@ -254,6 +277,8 @@ class RunEnvelope(TypedDict):
     conversation_id: str
     run_id: str
     seq: int
+    # In a multi-agent run: the node whose agent sent the event (a Swarm's agent name, a Graph's node id).
+    node: NotRequired[str]
 
 
 class QueuedPrompt(TypedDict):
@@ -303,6 +328,8 @@ class RunStartedFrame(RunEnvelope):
 
     type: Literal["run_started"]
     prompt: str
+    # The prompt's attachments, as ``AttachmentRef`` (never their bytes); left out for a prompt without any.
+    attachments: NotRequired[list["AttachmentRef"]]
     resumes: NotRequired[str]
     responses: NotRequired[dict[str, dict[str, str]]]
 
@@ -409,6 +436,34 @@ class ResultFrame(RunEnvelope):
     result: ResultPayload
 
 
+class NodeStartedFrame(RunEnvelope):
+    """Strands' MultiAgentNodeStartEvent: a node of a Swarm or Graph starts; its agent's frames carry ``node``."""
+
+    type: Literal["node_started"]
+    node: str
+    node_type: str
+
+
+class NodeFinishedFrame(RunEnvelope):
+    """Strands' MultiAgentNodeStopEvent (or NodeCancelEvent): a node ended, with its status and final text."""
+
+    type: Literal["node_finished"]
+    node: str
+    status: str
+    text: str
+    execution_time_ms: int
+    usage: Usage
+
+
+class HandoffFrame(RunEnvelope):
+    """Strands' MultiAgentHandoffEvent: control passes from some nodes to others (a Swarm's handoff message)."""
+
+    type: Literal["handoff"]
+    from_nodes: list[str]
+    to_nodes: list[str]
+    message: str
+
+
 class InterruptFrame(RunEnvelope):
     """Tool calls wait for a human's approval; ``run_finished`` with status ``awaiting_approval`` follows."""
 
@@ -491,6 +546,9 @@ Frame = (
     | ForceStopFrame
     | ThrottledFrame
     | ResultFrame
+    | NodeStartedFrame
+    | NodeFinishedFrame
+    | HandoffFrame
     | InterruptFrame
     | InterruptResolvedFrame
     | RunFinishedFrame
@@ -520,6 +578,9 @@ SERVER_FRAMES: dict[str, type] = {
     FORCE_STOP: ForceStopFrame,
     THROTTLED: ThrottledFrame,
     RESULT: ResultFrame,
+    NODE_STARTED: NodeStartedFrame,
+    NODE_FINISHED: NodeFinishedFrame,
+    HANDOFF: HandoffFrame,
     INTERRUPT: InterruptFrame,
     INTERRUPT_RESOLVED: InterruptResolvedFrame,
     RUN_FINISHED: RunFinishedFrame,
@@ -547,6 +608,8 @@ def continues(previous: Mapping[str, Any], frame: Mapping[str, Any], tool_uses: 
     kind = frame["type"]
     if kind != previous["type"] or frame.get("run_id") != previous.get("run_id"):
         return False
+    if frame.get("node") != previous.get("node"):
+        return False  # the text of two nodes of a multi-agent run stays apart
     if kind == CURRENT_TOOL_USE:
         if not tool_uses or frame[CURRENT_TOOL_USE]["toolUseId"] != previous[CURRENT_TOOL_USE]["toolUseId"]:
             return False
@@ -729,6 +792,12 @@ STRANDS_EVENTS: dict[str, tuple[str, ...]] = {
     "EventLoopThrottleEvent": (THROTTLED,),
     "AgentResultEvent": (RESULT,),
     "ToolInterruptEvent": (INTERRUPT,),  # built by the runner, from the agent's interrupt state (agentapp.approvals)
+    "MultiAgentNodeStartEvent": (NODE_STARTED,),
+    "MultiAgentNodeStopEvent": (NODE_FINISHED,),
+    "MultiAgentNodeCancelEvent": (NODE_FINISHED,),
+    "MultiAgentHandoffEvent": (HANDOFF,),
+    "MultiAgentNodeStreamEvent": (DATA,),  # the frames of the wrapped agent event, each with ``node``
+    "MultiAgentResultEvent": (RESULT,),
 }
 # Each event class sent as no frame, and why. Any other event becomes a ``raw`` frame.
 DROPPED_EVENTS: dict[str, str] = {
@@ -742,13 +811,7 @@ DROPPED_EVENTS: dict[str, str] = {
     "EventLoopStopEvent": "Not sent to `stream_async`; `result` follows.",
     "ModelStopReason": "Not sent to `stream_async`.",
     "ToolResultEvent": "Not sent to `stream_async`; the tool results' `message` and `tool_result` follow.",
-    "MultiAgentResultEvent": "Multi-agent events: dropped until agentapp runs a Swarm or a Graph.",
-    "MultiAgentNodeStartEvent": "Multi-agent events: dropped until agentapp runs a Swarm or a Graph.",
-    "MultiAgentNodeStopEvent": "Multi-agent events: dropped until agentapp runs a Swarm or a Graph.",
-    "MultiAgentHandoffEvent": "Multi-agent events: dropped until agentapp runs a Swarm or a Graph.",
-    "MultiAgentNodeStreamEvent": "Multi-agent events: dropped until agentapp runs a Swarm or a Graph.",
-    "MultiAgentNodeCancelEvent": "Multi-agent events: dropped until agentapp runs a Swarm or a Graph.",
-    "MultiAgentNodeInterruptEvent": "Multi-agent events: dropped until agentapp runs a Swarm or a Graph.",
+    "MultiAgentNodeInterruptEvent": "Multi-agent runs do not pause for approval: such tool calls are refused.",
 }
 # Keys of the events dropped by rule (``stop``: EventLoopStopEvent's and ModelStopReason's); a tool interrupt is the
 # runner's ``interrupt`` frame.
@@ -838,7 +901,7 @@ def _other_payloads(event: Mapping[str, Any], tool_names: Mapping[str, str]) -> 
     elif event.get(START):
         yield {"type": START, START: True}
     elif isinstance(kind, str) and kind.startswith("multiagent_"):
-        return
+        yield from _multiagent_payloads(kind, event, tool_names)
     elif isinstance(event.get(CURRENT_TOOL_USE), Mapping):
         yield {"type": CURRENT_TOOL_USE, CURRENT_TOOL_USE: _public_tool_use(event[CURRENT_TOOL_USE])}
     elif event.get(REASONING) and isinstance(event.get("reasoningText"), str):
@@ -877,6 +940,82 @@ def _other_payloads(event: Mapping[str, Any], tool_names: Mapping[str, str]) -> 
         yield {"type": RAW, RAW: fields}
 
 
+### Multi-agent events (a Swarm or a Graph, agentapp.multiagent) ###
+
+
+def node_text(node_result: Any) -> str:
+    """The final text of a node's result (Strands' NodeResult); "" for a failed node (its exception stays here)."""
+    result = getattr(node_result, "result", None)
+    if result is None or isinstance(result, Exception):
+        return ""
+    return str(result).removesuffix("\n")
+
+
+def _status(value: Any) -> str:
+    status = getattr(value, "status", None)
+    return str(getattr(status, "value", status or ""))
+
+
+def multiagent_result_payload(result: Any) -> ResultPayload:
+    """The wire form of a Swarm's or Graph's result: its status as ``stop_reason``, the last node's text as the
+    message, the usage of every node, node executions as ``cycles``, the nodes in the order they finished."""
+    results = getattr(result, "results", None)
+    results = results if isinstance(results, Mapping) else {}
+    last = list(results.values())[-1] if results else None
+    text = node_text(last)
+    return {
+        "stop_reason": _status(result),
+        "message": {"role": "assistant", "content": [{"text": text}] if text else []},
+        "usage": _usage(getattr(result, "accumulated_usage", None)),
+        "metrics": {"cycles": int(getattr(result, "execution_count", 0) or 0), "cycleDurationsS": []},
+        "nodes": [str(node) for node in results],
+    }
+
+
+def _multiagent_payloads(
+    kind: str, event: Mapping[str, Any], tool_names: Mapping[str, str]
+) -> Iterator[dict[str, Any]]:
+    node = str(event.get("node_id", ""))
+    if kind == "multiagent_node_start":
+        yield {"type": NODE_STARTED, "node": node, "node_type": str(event.get("node_type", ""))}
+    elif kind == "multiagent_node_stop":
+        node_result = event.get("node_result")
+        yield {
+            "type": NODE_FINISHED,
+            "node": node,
+            "status": _status(node_result),
+            "text": node_text(node_result),
+            "execution_time_ms": int(getattr(node_result, "execution_time", 0) or 0),
+            "usage": _usage(getattr(node_result, "accumulated_usage", None)),
+        }
+    elif kind == "multiagent_node_cancel":
+        yield {
+            "type": NODE_FINISHED,
+            "node": node,
+            "status": "cancelled",
+            "text": "",
+            "execution_time_ms": 0,
+            "usage": {},
+        }
+    elif kind == "multiagent_handoff":
+        message = event.get("message")
+        yield {
+            "type": HANDOFF,
+            "from_nodes": [str(item) for item in event.get("from_node_ids") or []],
+            "to_nodes": [str(item) for item in event.get("to_node_ids") or []],
+            "message": message if isinstance(message, str) else "",
+        }
+    elif kind == "multiagent_node_stream" and isinstance(event.get("event"), Mapping):
+        for payload in payloads_for_event(event["event"], tool_names):
+            if payload["type"] != RESULT:  # a node's own result is its ``node_finished``
+                payload.setdefault("node", node)
+                yield payload
+    elif kind == "multiagent_result":
+        yield {"type": RESULT, RESULT: multiagent_result_payload(event.get("result"))}
+    elif kind != "multiagent_node_interrupt" and (fields := public_fields(event)):
+        yield {"type": RAW, RAW: fields}  # a multi-agent event this module has no rule for
+
+
 ### Envelope ###
 
 
@@ -892,7 +1031,10 @@ class RunFrames:
 
     def payloads(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The payloads of one ``stream_async`` event (see ``payloads_for_event``), tool calls named on the way."""
-        tool_use = event.get(CURRENT_TOOL_USE)
+        inner = event
+        while inner.get("type") == "multiagent_node_stream" and isinstance(inner.get("event"), Mapping):
+            inner = inner["event"]  # a node's agent event, in a multi-agent run
+        tool_use = inner.get(CURRENT_TOOL_USE)
         if isinstance(tool_use, Mapping) and tool_use.get("toolUseId"):
             self.tool_names[str(tool_use["toolUseId"])] = str(tool_use.get("name", ""))
         return payloads_for_event(event, self.tool_names)
@@ -1036,6 +1178,8 @@ class ClientFrame:
     comment: str = ""
     # prompt: what it does while a run goes on ("reject", "enqueue", "interrupt"); "" for the IF_BUSY setting.
     if_busy: str = ""
+    # prompt: the ids of uploaded attachments it carries (agentapp.attachments), in order.
+    attachments: tuple[str, ...] = ()
 
 
 def parse_client_frame(
@@ -1068,7 +1212,7 @@ def parse_client_frame(
         if_busy = content.get("if_busy", "")
         if if_busy not in ("", *IF_BUSY_CHOICES):
             raise ProtocolError(ERR_INVALID_FRAME, f"'if_busy' must be one of {list(IF_BUSY_CHOICES)}.")
-        return ClientFrame(CLIENT_PROMPT, prompt, if_busy=if_busy)
+        return ClientFrame(CLIENT_PROMPT, prompt, if_busy=if_busy, attachments=_parse_attachments(content))
     if frame_type == CLIENT_CANCEL and content.get("run_id") is not None:
         if not isinstance(content["run_id"], str) or not _is_uuid(content["run_id"]):
             raise ProtocolError(ERR_INVALID_FRAME, "'run_id' must name a queued run (a UUID).")
@@ -1082,6 +1226,18 @@ def parse_client_frame(
         position, rating, comment = parse_feedback(content, app_settings.FEEDBACK_COMMENT_MAX_CHARS)
         return ClientFrame(CLIENT_FEEDBACK, position=position, rating=rating, comment=comment)
     return ClientFrame(frame_type)
+
+
+def _parse_attachments(content: Mapping[str, Any]) -> tuple[str, ...]:
+    """A prompt's ``attachments``: a list of distinct attachment ids (UUIDs), at most ``MAX_PROMPT_ATTACHMENTS``."""
+    ids = content.get("attachments", [])
+    if not isinstance(ids, list) or not all(isinstance(item, str) and _is_uuid(item) for item in ids):
+        raise ProtocolError(ERR_INVALID_FRAME, "'attachments' must be a list of attachment ids.")
+    limit = app_settings.MAX_PROMPT_ATTACHMENTS
+    if len(ids) > limit:
+        raise ProtocolError(ERR_TOO_MANY_ATTACHMENTS, f"A prompt may carry at most {limit} attachments.")
+    unique = tuple(dict.fromkeys(str(uuid.UUID(item)) for item in ids))
+    return unique
 
 
 def parse_feedback(content: Mapping[str, Any], max_comment_chars: int) -> tuple[int, str | None, str]:

@@ -62,6 +62,7 @@ class Claimed:
     resume_of: str | None = None
     responses: dict[str, dict[str, str]] = field(default_factory=dict)
     resume_state: dict[str, Any] | None = None
+    attachment_ids: tuple[str, ...] = ()
 
 
 def _locked_conversation(conversation_id: Any, skip_locked: bool = False) -> bool:
@@ -89,6 +90,7 @@ def enqueue(
     always: bool,
     cancelled_by: str = "",
     resume: tuple[str, dict[str, dict[str, str]]] | None = None,
+    attachment_ids: tuple[str, ...] = (),
 ) -> Submitted:
     """Store a prompt as a queued run when ``always`` (workers run every prompt) or when the conversation is busy
     and ``if_busy`` allows it; otherwise return an empty ``Submitted``: the caller starts the run at once.
@@ -133,6 +135,7 @@ def enqueue(
             queued_at=timezone.now(),
             resumed_from_id=resume[0] if resume else None,
             decisions=resume[1] if resume else {},
+            attachment_ids=list(attachment_ids),
         )
     queued = Queued(str(run.pk), prompt, waiting)
     return Submitted(queued=queued, interrupt=live and if_busy == "interrupt", cleared=cleared)
@@ -168,6 +171,7 @@ def claim_next(conversation_id: Any, worker: str) -> Claimed | None:
         resume_of=resume_of,
         responses=dict(head.decisions or {}) if resume_of else {},
         resume_state=dict(paused.interrupt_state or {}) if resume_of and paused is not None else None,
+        attachment_ids=tuple(str(attachment_id) for attachment_id in head.attachment_ids or ()),
     )
 
 

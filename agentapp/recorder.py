@@ -87,6 +87,7 @@ def create_run(
     prompt_altered: bool = False,
     ended: list[str] | None = None,
     claimed: bool = False,
+    references: list[dict[str, Any]] | None = None,
 ) -> int:
     """Insert the Run and its prompt message (none for a resume); return the next free message position.
 
@@ -96,6 +97,7 @@ def create_run(
     else NoPendingApproval. A user past ``runs_per_minute`` prompts (0: no limit) gets RateLimited, and one who spent a
     budget of theirs (agentapp.quotas) QuotaExceeded. The ids of dead runs ended on the way are added to ``ended``.
     A ``claimed`` run's row exists already (a queued run a worker took, agentapp.queueing): it is not inserted again.
+    The prompt message keeps a ``{"attachment": reference}`` block per attachment of ``references``, not its bytes.
     """
     with transaction.atomic():
         titles = Conversation.objects.select_for_update().filter(pk=conversation_id).values_list("title", flat=True)
@@ -159,7 +161,7 @@ def create_run(
             run_id=run_id,
             position=position,
             role=Message.Role.USER,
-            content=[{"text": prompt}],
+            content=[{"text": prompt}, *({"attachment": reference} for reference in references or [])],
             altered=prompt_altered,
         )
         if untitled:
@@ -280,6 +282,7 @@ class RunRecorder:
         self.decisions = decisions
         self.runs_per_minute = 0
         self.claimed = False  # the run's row exists: a queued run taken by this process (agentapp.queueing)
+        self.references: list[dict[str, Any]] = []  # the prompt's attachments (agentapp.attachments.reference)
         self.messages: list[dict[str, Any]] = [] if resume_of else [{"role": "user", "content": [{"text": prompt}]}]
         self.pending_text: list[str] = []
         self.tool_calls: dict[str, dict[str, Any]] = {}
@@ -328,6 +331,7 @@ class RunRecorder:
                 self.prompt_altered,
                 ended,
                 self.claimed,
+                self.references,
             )
             if ended and prepare is not None:
                 prepared = prepare()  # the history it read still had the dead run's turn open
@@ -395,6 +399,10 @@ class RunRecorder:
         if message.get("role") == "assistant":
             self._note_tool_uses(message)
         self._enqueue_message(dict(message), partial)
+
+    def enqueue(self, write: Callable[[], None]) -> None:
+        """Queue a write of the run's own (a multi-agent step, agentapp.multiagent) behind those queued before it."""
+        self._queue.put_nowait(write)
 
     def _enqueue_message(self, message: dict[str, Any], partial: bool) -> None:
         self.messages.append(message)

@@ -73,6 +73,8 @@ class AgentRun:
     announce_dead: Callable[[str], Awaitable[None]] | None = None
     # The run's row exists already: a queued run this process claimed (agentapp.queueing).
     claimed: bool = False
+    # The prompt's attachments (``attachments.PromptAttachment``): blocks for the model, references for the rest.
+    attachments: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Text a database cannot store (NUL, lone surrogates) is replaced before the model or anyone sees it.
@@ -83,6 +85,7 @@ class AgentRun:
         )
         self.recorder.runs_per_minute = self.runs_per_minute
         self.recorder.claimed = self.claimed
+        self.recorder.references = [attachment.reference for attachment in self.attachments]
         self.recorder.on_trouble = self._fail_with
         self.status = protocol.STATUS_COMPLETED
         self.stop_reason = ""
@@ -157,6 +160,8 @@ class AgentRun:
     def _started(self) -> dict[str, Any]:
         """The ``run_started`` payload (with the answers, for a resume)."""
         started: dict[str, Any] = {"type": protocol.RUN_STARTED, "prompt": self.prompt}
+        if self.attachments:
+            started["attachments"] = [attachment.reference for attachment in self.attachments]
         if self.resume_of is not None:
             started.update(resumes=self.resume_of, responses=self.responses)
         return started
@@ -164,7 +169,7 @@ class AgentRun:
     def _input(self) -> Any:
         """What ``stream_async`` is given: the prompt, or for a resume the answers to the paused tool calls."""
         if self.resume_of is None:
-            return prompt_input(self.agent.messages, self.prompt)
+            return prompt_input(self.agent.messages, self.prompt, [attachment.block for attachment in self.attachments])
         if self.agent.messages:
             paused = self.agent.messages[-1]
             self.recorder.seed(paused)

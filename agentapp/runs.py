@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
 
-from . import preparing, protocol, registry, runlog, titles
+from . import multiagent, preparing, protocol, registry, runlog, titles
 from .access import is_authenticated, is_stored, store_new
 from .approvals import StaleApprovalState
 from .broadcast import GroupBroadcaster
@@ -73,8 +73,16 @@ def user_label(user: Any) -> str:
 AfterRun = Callable[[], Awaitable[None]]
 
 
-async def start(host: Host, prompt: str, resume: dict[str, Any] | None = None, then: AfterRun | None = None) -> None:
-    """Start a run in a task, so the connection keeps reading frames (a cancel) while it streams; or say why not."""
+async def start(
+    host: Host,
+    prompt: str,
+    resume: dict[str, Any] | None = None,
+    then: AfterRun | None = None,
+    attachments: list[Any] | None = None,
+) -> None:
+    """Start a run in a task, so the connection keeps reading frames (a cancel) while it streams; or say why not.
+
+    ``attachments`` are the prompt's (``attachments.PromptAttachment``), read already."""
     conversation_id = host.conversation_id
     busy = registry.slot_of(conversation_id)
     if busy is not None:
@@ -95,7 +103,7 @@ async def start(host: Host, prompt: str, resume: dict[str, Any] | None = None, t
         await host.send_error(protocol.ERR_BUSY, BUSY_MESSAGES[protocol.ERR_BUSY])
         return
     host.run_started(slot)
-    registry.start(conversation_id, drive(host, slot, prompt, resume, then=then), slot)
+    registry.start(conversation_id, drive(host, slot, prompt, resume, then=then, attachments=attachments), slot)
 
 
 async def answer(
@@ -160,6 +168,7 @@ async def drive(
     resume: dict[str, Any] | None,
     run_id: str | None = None,
     then: AfterRun | None = None,
+    attachments: list[Any] | None = None,
 ) -> None:
     """Build the connection's agent if needed, run the prompt (or the approval answers) and hand on its frames.
 
@@ -173,7 +182,7 @@ async def drive(
             except Exception as exc:
                 await _unavailable(host, exc)
                 return
-        await _execute(host, slot, prompt, resume, run_id)
+        await _execute(host, slot, prompt, resume, run_id, attachments)
     finally:
         registry.release(slot)
         if then is not None:
@@ -181,7 +190,12 @@ async def drive(
 
 
 async def _execute(
-    host: Host, slot: registry.Slot, prompt: str, resume: dict[str, Any] | None, run_id: str | None
+    host: Host,
+    slot: registry.Slot,
+    prompt: str,
+    resume: dict[str, Any] | None,
+    run_id: str | None,
+    attachments: list[Any] | None = None,
 ) -> None:
     agent, conversation_id = host.agent, host.conversation_id
     sinks: list[Callable[[dict[str, Any]], Any]] = []
@@ -196,7 +210,11 @@ async def _execute(
             first_text = False
             await host.flush()  # the first token leaves now, not merged with those the model streams right after it
 
-    run = AgentRun(
+    team = multiagent.is_team(agent)  # a Swarm or a Graph (agentapp.multiagent)
+    if team and attachments:
+        await host.send_error(protocol.ERR_INVALID_FRAME, multiagent.NO_ATTACHMENTS)
+        return
+    run = (multiagent.MultiAgentRun if team else AgentRun)(
         agent,
         prompt,
         conversation_id,
@@ -205,8 +223,9 @@ async def _execute(
         resume_of=resume["run_id"] if resume else None,
         responses=resume["responses"] if resume else None,
         runs_per_minute=app_settings.RUNS_PER_USER_PER_MINUTE,
-        prepare=lambda: preparing.give_history(agent, conversation_id, resume["state"] if resume else None),
+        prepare=None if team else lambda: preparing.give_history(agent, conversation_id, resume and resume["state"]),
         announce_dead=host.announce_dead,
+        attachments=attachments or [],
         **({"run_id": run_id, "claimed": True} if run_id is not None else {}),
     )
     more, broadcaster = _sinks(host, run.run_id)

@@ -22,6 +22,7 @@ from strands.session.session_repository import SessionRepository
 from strands.types.exceptions import SessionException
 from strands.types.session import Session, SessionAgent, SessionMessage, SessionType
 
+from .attachments import expand
 from .models import AgentState, Conversation, Message, ToolResult
 from .protocol import from_storable, to_storable, tool_results_in
 from .recorder import TITLE_CHARS
@@ -65,7 +66,8 @@ def _conversation_pk(session_id: str) -> uuid.UUID:
 
 def _session_message(row: Message) -> SessionMessage:
     created = row.created_at.isoformat()
-    message = {"role": row.role, "content": from_storable(row.content)}
+    # A prompt's attachment references become their image and document blocks again (agentapp.attachments).
+    message = {"role": row.role, "content": expand(from_storable(row.content), row.conversation_id)}
     return SessionMessage(message=message, message_id=row.position, created_at=created, updated_at=created)
 
 

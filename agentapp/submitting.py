@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import detached, protocol, queueing, registry, runs
+from . import attachments, detached, protocol, queueing, registry, runs
 from .access import is_authenticated, is_stored, store_new
 from .broadcast import layer_call
 from .conf import app_settings
@@ -34,14 +34,25 @@ def workers_run(host: runs.Host) -> bool:
     return bool(app_settings.WORKER_CHANNEL) and not getattr(host, "scope", {}).get(RUN_HERE_SCOPE_KEY)
 
 
-async def prompt(host: runs.Host, text: str, if_busy: str = "") -> None:
-    """Start, queue or refuse a prompt of the connection, as the settings and ``if_busy`` say."""
+async def prompt(host: runs.Host, text: str, if_busy: str = "", attachment_ids: tuple[str, ...] = ()) -> None:
+    """Start, queue or refuse a prompt of the connection, as the settings and ``if_busy`` say.
+
+    A prompt's attachments are checked (and read) before anything is stored; a queued prompt keeps their ids.
+    """
     policy = if_busy or app_settings.IF_BUSY
     workers = workers_run(host)
-    if host.channel_layer is None or (not workers and (policy == "reject" or not is_stored(host.conversation))):
-        await runs.start(host, text, then=_after(host))
+    direct = host.channel_layer is None or (not workers and (policy == "reject" or not is_stored(host.conversation)))
+    loaded = None
+    if attachment_ids:
+        try:
+            loaded = await db_call(attachments.for_prompt)(host.conversation_id, attachment_ids)
+        except protocol.ProtocolError as refused:
+            await host.send_error(refused.code, refused.message)
+            return
+    if direct:
+        await runs.start(host, text, then=_after(host), attachments=loaded)
         return
-    await _submit(host, text, policy, workers)
+    await _submit(host, text, policy, workers, attachment_ids=attachment_ids, loaded=loaded)
 
 
 async def answer(host: runs.Host, responses: dict[str, dict[str, str]]) -> None:
@@ -57,7 +68,13 @@ async def answer(host: runs.Host, responses: dict[str, dict[str, str]]) -> None:
 
 
 async def _submit(
-    host: runs.Host, text: str, policy: str, workers: bool, resume: tuple[str, dict[str, Any]] | None = None
+    host: runs.Host,
+    text: str,
+    policy: str,
+    workers: bool,
+    resume: tuple[str, dict[str, Any]] | None = None,
+    attachment_ids: tuple[str, ...] = (),
+    loaded: list[Any] | None = None,
 ) -> None:
     conversation_id = host.conversation_id
     if not is_stored(host.conversation):
@@ -68,7 +85,9 @@ async def _submit(
     user_id = host.user.pk if is_authenticated(host.user) else None
     label = runs.user_label(host.user)
     try:
-        submitted = await db_call(queueing.enqueue)(conversation_id, user_id, text, policy, workers, label, resume)
+        submitted = await db_call(queueing.enqueue)(
+            conversation_id, user_id, text, policy, workers, label, resume, attachment_ids
+        )
     except ConversationBusy as busy:
         message = QUEUE_MESSAGES.get(busy.code) or runs.BUSY_MESSAGES.get(busy.code, runs.BUSY_MESSAGES["busy"])
         await host.send_error(busy.code, message)
@@ -76,7 +95,7 @@ async def _submit(
     if submitted.cleared is not None:
         await _announce_cleared(host, submitted.cleared)
     if submitted.queued is None:  # nothing goes on: it runs here, now
-        await runs.start(host, text, then=_after(host))
+        await runs.start(host, text, then=_after(host), attachments=loaded)
         return
     registry.queue_seen.add(conversation_id)
     if resume is None:

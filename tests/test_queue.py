@@ -14,10 +14,11 @@ from channels.routing import ChannelNameRouter
 from channels.worker import Worker
 from django.utils import timezone
 
-from agentapp import registry
-from agentapp.models import Message, Run
+from agentapp import attachments, registry
+from agentapp.models import Conversation, Message, Run
 from agentapp.routing import channel_routes
 from agentapp.workers import WAKE_MESSAGE_TYPE
+from tests import attachment_files as files
 from tests.wsclient import Client, streamed_text
 
 LONG = "Stream 300 tokens"
@@ -316,3 +317,49 @@ async def test_prompts_left_queued_by_a_dead_process_start_when_the_conversation
     frames = await frames_until(again, finished(str(left.pk)))
     assert frames[0]["type"] == "run_started" and frames[-1]["status"] == "completed"
     await again.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_queued_prompt_keeps_its_attachments(layer, settings, ada, tmp_path) -> None:
+    texting(settings)
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    asker, watcher, conversation_id = await open_pair(ada)
+    image = await asyncio.to_thread(
+        lambda: attachments.store(Conversation.objects.get(pk=conversation_id), ada, "", "dot.png", files.png(4, 5))
+    )
+    await prompt(asker, LONG)
+    await asker.until("run_started")
+    await asker.send(
+        {"type": "prompt", "prompt": "Describe this", "if_busy": "enqueue", "attachments": [str(image.pk)]}
+    )
+    queued = (await asker.until("run_queued"))[-1]
+    frames = await frames_until(asker, finished(queued["run_id"]))
+    started = next(frame for frame in frames if frame["type"] == "run_started" and frame["run_id"] == queued["run_id"])
+    assert [reference["id"] for reference in started["attachments"]] == [str(image.pk)]
+    assert "4x5" in streamed_text([frame for frame in frames if frame.get("run_id") == queued["run_id"]])
+    await asker.close()
+    await watcher.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_queued_prompt_whose_attachment_was_deleted_is_refused(layer, settings, ada, tmp_path) -> None:
+    texting(settings)
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    asker, watcher, conversation_id = await open_pair(ada)
+    image = await asyncio.to_thread(
+        lambda: attachments.store(Conversation.objects.get(pk=conversation_id), ada, "", "dot.png", files.png())
+    )
+    await prompt(asker, LONG)
+    await asker.until("run_started")
+    await asker.send(
+        {"type": "prompt", "prompt": "Describe this", "if_busy": "enqueue", "attachments": [str(image.pk)]}
+    )
+    queued = (await asker.until("run_queued"))[-1]
+    await asyncio.to_thread(image.delete)
+    refused = (await watcher.until("run_dequeued"))[-1]
+    assert refused["run_id"] == queued["run_id"] and refused["reason"] == "refused"
+    assert refused["code"] == "unknown_attachment"
+    await asker.close()
+    await watcher.close()

@@ -5,7 +5,7 @@ Include it with ``include("agentapp.urls.api")``.
 
 from django.urls import path
 
-from .. import api_conversations, api_feedback, api_members, api_usage
+from .. import api_attachments, api_conversations, api_feedback, api_members, api_usage
 
 app_name = "agentapp"
 
@@ -28,5 +28,11 @@ urlpatterns = [
     path("api/conversations/<uuid:conversation_id>/members/", api_members.members, name="api_members"),
     path("api/conversations/<uuid:conversation_id>/members/<int:user_id>/", api_members.member, name="api_member"),
     path("api/conversations/<uuid:conversation_id>/feedback/", api_feedback.feedback_view, name="api_feedback"),
+    path(
+        "api/conversations/<uuid:conversation_id>/attachments/",
+        api_attachments.upload,
+        name="api_attachments",
+    ),
+    path("api/attachments/<uuid:attachment_id>/", api_attachments.download, name="api_attachment"),
     path("api/usage/", api_usage.usage_view, name="api_usage"),
 ]

@@ -15,6 +15,7 @@ import { Drawer } from "./drawer.js";
 import { node } from "./dom.js";
 import { MarkdownView } from "./markdown.js";
 import { FeedbackBar } from "./feedback.js";
+import { AttachmentPicker, attachmentList } from "./attach.js";
 
 const root = document.getElementById("agentapp");
 const transcript = document.getElementById("transcript");
@@ -32,6 +33,7 @@ const titleEditor = new TitleEditor(root, (title) => setTitle(title));
 new ConversationSearch(root);
 new Drawer(root);
 const feedbackBar = new FeedbackBar(root, (frame) => socket.send(frame));
+const picker = new AttachmentPicker(root, () => conversationId, () => updateControls());
 
 const websocketPath = root.dataset.websocketPath || "/ws/agent/";
 const UNTITLED = "New conversation";
@@ -129,6 +131,7 @@ class RunView {
     this.streamed = 0; // text and reasoning deltas received live (a merged frame counts each delta it carries)
     this.usage = null; // the result frame's usage, when it came
     this.streamedSinceMessage = false;
+    this.speaker = null; // the node of a multi-agent run speaking now (its text blocks are labelled with it)
     this.finished = false;
     this.element = node("section", "run");
     this.element.dataset.runId = runId;
@@ -156,9 +159,10 @@ class RunView {
     return unseen;
   }
 
-  setPrompt(text) {
+  setPrompt(text, attachments) {
     if (this.promptElement.hidden) {
       this.promptElement.textContent = text;
+      if (Array.isArray(attachments) && attachments.length) this.promptElement.append(attachmentList(attachments));
       this.promptElement.hidden = false;
     }
   }
@@ -167,6 +171,10 @@ class RunView {
   appendText(text) {
     if (this.segment === null) {
       this.lastText = node("div", "message assistant");
+      if (this.speaker !== null) {
+        this.lastText.dataset.node = this.speaker;
+        this.lastText.append(node("div", "speaker", this.speaker));
+      }
       const content = node("div", "markdown");
       this.lastText.append(content);
       this.body.append(this.lastText);
@@ -174,6 +182,13 @@ class RunView {
     }
     this.segment.append(text);
     scheduleRender(this.segment);
+  }
+
+  /** A node of a multi-agent run speaks (node_started, or a frame naming another node): its text gets a new block. */
+  speakAs(nodeId) {
+    if (typeof nodeId !== "string" || nodeId === this.speaker) return;
+    this.endSegment();
+    this.speaker = nodeId;
   }
 
   /** Close the text block being streamed; the next text starts a new one (after a tool card, say). */
@@ -430,7 +445,8 @@ function renderHistoryMessage(message) {
   const content = Array.isArray(message.content) ? message.content : [];
   if (message.role === "user") {
     const text = content.filter((block) => typeof block?.text === "string").map((block) => block.text);
-    if (text.length) run.setPrompt(text.join("\n"));
+    const attached = content.filter((block) => block?.attachment).map((block) => block.attachment);
+    if (text.length) run.setPrompt(text.join("\n"), attached);
     for (const block of content) {
       if (block?.toolResult) run.toolResult(block.toolResult);
     }
@@ -576,19 +592,30 @@ function onRunFrame(frame) {
         approvalResolved(frame.resumes, [...new Set(decisions)].join(", ") || "answered");
         break;
       }
-      run.setPrompt(frame.prompt);
+      run.setPrompt(frame.prompt, frame.attachments);
       if (!conversationTitle) setTitle(String(frame.prompt).slice(0, TITLE_CHARS));
       break;
     case "interrupt":
       pendingApproval = { runId: run.runId, interrupts: frame.interrupts || [] };
       run.showApprovals(pendingApproval.interrupts);
       break;
+    case "node_started":
+      run.speakAs(frame.node);
+      break;
+    case "node_finished":
+      run.endSegment();
+      break;
+    case "handoff":
+      run.note(`Handoff: ${(frame.from_nodes || []).join(", ")} → ${(frame.to_nodes || []).join(", ")}`);
+      break;
     case "data":
+      run.speakAs(frame.node);
       run.streamedSinceMessage = true;
       run.streamed += unseen;
       run.appendText(frame.data);
       break;
     case "reasoning":
+      run.speakAs(frame.node);
       run.streamed += unseen;
       run.appendReasoning(frame.reasoningText);
       break;
@@ -602,7 +629,10 @@ function onRunFrame(frame) {
       run.toolProgress(frame.tool_stream);
       break;
     case "message":
-      if (frame.message?.role === "assistant") run.assistantMessage(frame.message);
+      if (frame.message?.role === "assistant") {
+        run.speakAs(frame.node);
+        run.assistantMessage(frame.message);
+      }
       break;
     case "tool_result":
       run.toolResult(frame.tool_result);
@@ -693,7 +723,8 @@ function updateControls() {
   // A viewer only watches: the server would answer its prompt, cancel or approval with read_only.
   const usable = ready && socket.isOpen && role !== "viewer";
   const busy = activeRuns.size > 0;
-  sendButton.disabled = !usable || pendingPrompt || busy || pendingApproval !== null;
+  sendButton.disabled = !usable || pendingPrompt || busy || pendingApproval !== null || picker.busy;
+  picker.setUsable(usable);
   // While a run is going, Queue takes Send's place: the prompt waits for it (and for prompts queued before).
   sendButton.hidden = busy;
   queueButton.hidden = !busy;
@@ -712,8 +743,10 @@ form.addEventListener("submit", (event) => {
   // During a run the prompt waits in the queue; otherwise it starts at once (a run another connection started a
   // moment before gets it "busy", as the server's IF_BUSY setting says), with no queue work on the server.
   const frame = button === queueButton ? { type: "prompt", prompt, if_busy: "enqueue" } : { type: "prompt", prompt };
+  if (picker.ids().length) frame.attachments = picker.ids();
   if (socket.send(frame)) {
     promptInput.value = "";
+    picker.clear();
     pendingPrompt = true;
     updateControls();
   }
