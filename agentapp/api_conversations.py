@@ -112,6 +112,7 @@ def conversation_detail(conversation: Conversation) -> dict[str, Any]:
             "total_tokens": run.total_tokens,
             "latency_ms": run.latency_ms,
             "error": run.error,
+            "structured_output": run.structured_output,
             "started": _time(run.started_at),
             "finished": _time(run.finished_at),
         }

@@ -14,6 +14,7 @@ class AgentappConfig(AppConfig):
         """Fail at startup, naming the pip extra, when a setting needs an optional package that is missing."""
         from django.conf import settings
 
+        from . import checks  # noqa: F401 (registers agentapp's system checks)
         from .conf import app_settings
         from .extras import check_settings
 

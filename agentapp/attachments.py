@@ -11,10 +11,13 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.core.files.base import ContentFile
+from django.db.models import Count, Sum
 from django.urls import reverse
+from django.utils import timezone
 
 from . import protocol
 from .conf import app_settings
@@ -45,13 +48,35 @@ class Refused(Exception):
 ### Upload ###
 
 
+def check_allowance(user: Any, session_key: str, size: int = 0) -> None:
+    """Raise Refused (429) when the uploader's last hour of uploads, plus ``size`` bytes more, passes a limit."""
+    count_limit, bytes_limit = app_settings.ATTACHMENTS_PER_HOUR, app_settings.ATTACHMENT_BYTES_PER_HOUR
+    if not count_limit and not bytes_limit:
+        return
+    if getattr(user, "is_authenticated", False):
+        uploaded = Attachment.objects.filter(owner_id=user.pk)
+    else:
+        uploaded = Attachment.objects.filter(owner__isnull=True, session_key=session_key)
+    recent = uploaded.filter(created_at__gte=timezone.now() - timedelta(hours=1)).aggregate(
+        files=Count("pk"), total=Sum("size")
+    )
+    if count_limit and recent["files"] >= count_limit:
+        raise Refused(429, protocol.ERR_RATE_LIMITED, f"You uploaded {count_limit} files in the last hour; try later.")
+    if bytes_limit and (recent["total"] or 0) + size > bytes_limit:
+        raise Refused(429, protocol.ERR_RATE_LIMITED, f"Uploads are limited to {bytes_limit} bytes an hour; try later.")
+
+
 def store(conversation: Any, user: Any, session_key: str, name: str, data: bytes) -> Attachment:
-    """Check an uploaded file (size, type by its bytes) and store it; raise Refused, storing nothing, when it fails."""
+    """Check an uploaded file (size, type by its bytes, the uploader's hourly allowance) and store it.
+
+    Raise Refused, storing nothing, when a check fails.
+    """
     limit = app_settings.ATTACHMENT_MAX_BYTES
     if len(data) > limit:
         raise Refused(413, ERR_FILE_TOO_LARGE, f"Files are limited to {limit} bytes.")
     if not data:
         raise Refused(400, ERR_MISSING_FILE, "The file is empty.")
+    check_allowance(user, session_key, len(data))
     mime_type = sniff(data, name)
     if mime_type is None or mime_type not in app_settings.ATTACHMENT_TYPES:
         allowed = ", ".join(app_settings.ATTACHMENT_TYPES)

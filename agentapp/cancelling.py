@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
 
-from . import leases, protocol, registry
+from . import leases, protocol, registry, submitting
 from .broadcast import layer_call
 from .conf import app_settings
 from .messages import resolved_message
@@ -69,6 +69,9 @@ class Cancels:
         )
         for run_id in done.ended:
             await self.announce_dead(run_id)
+        if done.ended and connection.channel_layer is not None:
+            # The dead run held the conversation's queue: nothing else will start it now.
+            connection.spawn(submitting.start_waiting(connection.channel_layer, conversation_id), "agentapp-queue")
         if done.elsewhere:
             connection.spawn(self._end_if_dead_later(), "agentapp-cancel-watch")
         elif done.cleared and not done.ended:

@@ -8,6 +8,9 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+# What AGENTAPP["IF_BUSY"] (and a prompt's ``if_busy``) may say.
+IF_BUSY_POLICIES = ("reject", "enqueue", "interrupt")
+
 DEFAULTS: dict[str, Any] = {
     # Dotted path of a callable ``factory(conversation, user) -> strands.Agent``.
     "AGENT_FACTORY": "agentapp.agents.build_default_agent",
@@ -101,6 +104,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_QUEUED_RUNS": 10,
     # Runs one worker process runs at once; the others wait queued.
     "WORKER_CONCURRENCY": 20,
+    # Seconds a worker told to stop (SIGTERM, SIGINT) lets its runs finish before it cancels them; it takes no new one.
+    "WORKER_DRAIN_SECONDS": 25.0,
     # How often each worker ends runs whose process died and starts queued runs no worker took.
     "WORKER_SWEEP_SECONDS": 2.0,
     # New conversations one user (or anonymous session) may start per hour (``too_many_conversations``); 0: no limit.
@@ -134,6 +139,11 @@ DEFAULTS: dict[str, Any] = {
         "text/csv",
         "text/markdown",
     ],
+    # Files one user (or anonymous session) may upload per hour, over all conversations (HTTP 429
+    # ``rate_limited``); 0: no limit.
+    "ATTACHMENTS_PER_HOUR": 60,
+    # Bytes one user (or anonymous session) may upload per hour, over all conversations; 0: no limit.
+    "ATTACHMENT_BYTES_PER_HOUR": 100_000_000,
     # Attachments one prompt may carry.
     "MAX_PROMPT_ATTACHMENTS": 5,
     # PostgreSQL text search configuration of conversation search ("simple": no stemming, no stop words).
@@ -160,6 +170,10 @@ class AppSettings:
                 from django.core.exceptions import ImproperlyConfigured
 
                 raise ImproperlyConfigured(f"Unknown AGENTAPP settings: {sorted(unknown)}")
+            if user.get("IF_BUSY", DEFAULTS["IF_BUSY"]) not in IF_BUSY_POLICIES:
+                from django.core.exceptions import ImproperlyConfigured
+
+                raise ImproperlyConfigured(f"AGENTAPP['IF_BUSY'] must be one of {list(IF_BUSY_POLICIES)}")
             self._cache = {**DEFAULTS, **user}
         return self._cache
 

@@ -7,6 +7,7 @@ with a ``run_dequeued`` frame. When a run ends, its process takes the next queue
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -21,6 +22,22 @@ from .messages import queue_message, resolved_message
 from .models import Conversation
 
 logger = logging.getLogger(__name__)
+
+
+class _Intake:
+    """Whether this process takes queued runs (a draining worker does not)."""
+
+    open = True
+
+
+def stop_taking_runs() -> None:
+    """From now on this process claims no queued run (``fill`` starts nothing); the ones it runs go on."""
+    _Intake.open = False
+
+
+def taking_runs() -> bool:
+    """Whether this process claims queued runs."""
+    return _Intake.open
 
 
 class DetachedHost:
@@ -94,6 +111,10 @@ async def start_claimed(layer: Any, claimed: queueing.Claimed, channel_name: str
         await db_call(queueing.refuse)(claimed.run_id, "The conversation was deleted.")
         return False
     host = DetachedHost(*loaded, layer, channel_name)
+    if registry.full(besides=asyncio.current_task()):
+        host.refusal = (protocol.ERR_SERVER_BUSY, "The server runs too many agents now; try again shortly.")
+        await _refused(host, claimed)
+        return False
     slot = registry.claim(claimed.conversation_id, channel_name)
     if slot is None:  # a run of the conversation still streams here: the queued one waits for it
         await db_call(queueing.release)(claimed.run_id)
@@ -111,6 +132,7 @@ async def start_claimed(layer: Any, claimed: queueing.Claimed, channel_name: str
         resume = {"run_id": claimed.resume_of, "state": claimed.resume_state or {}, "responses": claimed.responses}
     work = _drive(host, slot, claimed, resume, loaded)
     registry.start(claimed.conversation_id, work, slot)
+    logger.info("agentapp: run %s of conversation %s started", claimed.run_id, claimed.conversation_id)
     return True
 
 
@@ -122,6 +144,8 @@ async def _drive(
     finally:
         if host.refusal is not None:
             await _refused(host, claimed)
+        status = slot.run.status if slot.run is not None else "not started"
+        logger.info("agentapp: run %s of conversation %s ended: %s", claimed.run_id, claimed.conversation_id, status)
     await fill(host.channel_layer, host.channel_name, claimed.conversation_id)
 
 
@@ -140,7 +164,9 @@ async def _refused(host: DetachedHost, claimed: queueing.Claimed) -> None:
 
 async def fill(layer: Any, channel_name: str, conversation_id: str | None = None, capacity: int = 1) -> int:
     """Start queued runs here: the conversation's next one, or (without one) those of the conversations waiting
-    longest, up to ``capacity``; return how many started."""
+    longest, up to ``capacity``; return how many started (none once the process stopped taking runs)."""
+    if not taking_runs():
+        return 0
     started = 0
     candidates = [conversation_id] if conversation_id is not None else []
     if conversation_id is None:

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NotRequired, TypedDict
 
-from .conf import app_settings
+from .conf import IF_BUSY_POLICIES, app_settings
 
 ### Frame types ###
 
@@ -117,9 +117,10 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_SLOW_CONSUMER = 4429
 
-# Run statuses carried by ``run_finished``.
-IF_BUSY_CHOICES = ("reject", "enqueue", "interrupt")
+# What a prompt sent while its conversation is busy may ask for (``if_busy``).
+IF_BUSY_CHOICES = IF_BUSY_POLICIES
 
+# Run statuses carried by ``run_finished``.
 STATUS_COMPLETED = "completed"
 STATUS_CANCELLED = "cancelled"
 STATUS_FAILED = "failed"

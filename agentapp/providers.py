@@ -106,7 +106,7 @@ def model_options() -> dict[str, Any]:
     return {**options, **app_settings.MODEL_OPTIONS}
 
 
-def _factory(choice: Any) -> Callable[[dict[str, Any]], Model]:
+def model_factory(choice: Any) -> Callable[[dict[str, Any]], Model]:
     """The builder for ``AGENTAPP["MODEL"]``, or ImproperlyConfigured naming the choices."""
     if choice in PROVIDERS:
         return PROVIDERS[choice][0]
@@ -125,7 +125,7 @@ def _factory(choice: Any) -> Callable[[dict[str, Any]], Model]:
 def build_model() -> Model:
     """A new model as ``AGENTAPP["MODEL"]`` and its options say; most callers want ``shared_model``."""
     choice = app_settings.MODEL
-    build = _factory(choice)
+    build = model_factory(choice)
     try:
         model = build(model_options())
     except ImportError as exc:

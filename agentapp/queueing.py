@@ -125,7 +125,7 @@ def enqueue(
             return Submitted(cleared=cleared)
         if (live or waiting) and if_busy == "reject" and resume is None:
             raise ConversationBusy(str(conversation_id))
-        if waiting >= app_settings.MAX_QUEUED_RUNS:
+        if resume is None and (live or waiting) and waiting >= app_settings.MAX_QUEUED_RUNS:
             raise QueueFull(str(conversation_id))
         run = Run.objects.create(
             conversation_id=conversation_id,
@@ -152,12 +152,12 @@ def claim_next(conversation_id: Any, worker: str) -> Claimed | None:
             return None
         if _live_running(conversation_id, leases.lapsed_before()):
             return None
-        head = _queued(conversation_id).first()
+        paused = Run.objects.filter(conversation_id=conversation_id, status=Run.Status.AWAITING_APPROVAL).first()
+        queued = _queued(conversation_id)
+        # While a run waits for approval only its answer (the resume) may start, whatever was queued before it.
+        head = (queued.filter(resumed_from_id=paused.pk) if paused is not None else queued).first()
         if head is None:
             return None
-        paused = Run.objects.filter(conversation_id=conversation_id, status=Run.Status.AWAITING_APPROVAL).first()
-        if paused is not None and head.resumed_from_id != paused.pk:
-            return None  # waits for the answer (or the cancel) of the approval
         now = timezone.now()
         Run.objects.filter(pk=head.pk).update(
             status=Run.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker[:200]
@@ -180,8 +180,9 @@ def waiting_conversations(limit: int) -> list[str]:
     if limit <= 0:
         return []
     cutoff = leases.lapsed_before()
+    answered = Run.objects.filter(status=Run.Status.QUEUED, resumed_from__isnull=False).values("resumed_from_id")
     busy = Run.objects.filter(
-        Q(status=Run.Status.AWAITING_APPROVAL)
+        Q(status=Run.Status.AWAITING_APPROVAL) & ~Q(pk__in=answered)
         | Q(status=Run.Status.RUNNING, heartbeat_at__gte=cutoff)
         | Q(status=Run.Status.RUNNING, heartbeat_at__isnull=True, started_at__gte=cutoff)
     ).values("conversation_id")

@@ -129,7 +129,10 @@ def create_run(
         if resume_of is None and user_id is not None and runs_per_minute > 0:
             since = timezone.now() - timedelta(seconds=RATE_WINDOW_SECONDS)
             recent = Run.objects.filter(user_id=user_id, started_at__gte=since).exclude(pk=run_id)
-            if recent.exclude(status=Run.Status.QUEUED).count() >= runs_per_minute:
+            ran = recent.exclude(status=Run.Status.QUEUED).exclude(
+                status=Run.Status.FAILED, queued_at__isnull=False, messages__isnull=True
+            )
+            if ran.count() >= runs_per_minute:
                 raise RateLimited(str(conversation_id))
         if resume_of is None and user_id is not None:
             spent = quotas.spent_budget(user_id)
@@ -216,6 +219,9 @@ def cancel_approval(conversation_id: Any, user_label: str) -> dict[str, Any] | N
                 False,
                 calls,
             )
+        Run.objects.filter(resumed_from_id=run.pk, status=Run.Status.QUEUED).update(
+            status=Run.Status.CANCELLED, error="Cancelled while queued.", finished_at=timezone.now()
+        )
         Run.objects.filter(pk=run.pk).update(
             status=Run.Status.CANCELLED,
             decisions={"cancelled_by": user_label},

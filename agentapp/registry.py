@@ -57,10 +57,10 @@ _last_task: dict[str, asyncio.Task[None]] = {}
 queue_seen: set[str] = set()
 
 
-def full() -> bool:
-    """Whether the process already runs ``MAX_CONCURRENT_RUNS`` runs (0: no limit)."""
+def full(besides: asyncio.Task[Any] | None = None) -> bool:
+    """Whether the process already runs ``MAX_CONCURRENT_RUNS`` runs (0: no limit), ``besides`` (a run ending) aside."""
     limit = app_settings.MAX_CONCURRENT_RUNS
-    return bool(limit) and len(tasks) >= limit
+    return bool(limit) and len(tasks - {besides}) >= limit
 
 
 def slot_of(conversation_id: str) -> Slot | None:

@@ -12,6 +12,8 @@ IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "
 DOCUMENT_FORMATS = {"application/pdf": "pdf", "text/plain": "txt", "text/csv": "csv", "text/markdown": "md"}
 # A text file's type is told by its name's extension, once its bytes proved it text.
 _TEXT_EXTENSIONS = {"csv": "text/csv", "md": "text/markdown", "markdown": "text/markdown"}
+# The largest side an image may declare: what a signed 32-bit column holds.
+MAX_IMAGE_SIDE = 2**31 - 1
 # JPEG start-of-frame markers (they carry the size); C4, C8 and CC are other segments.
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -39,7 +41,15 @@ def sniff(data: bytes, name: str = "") -> str | None:
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height of a PNG, JPEG, GIF or WebP image from its header, or None when it cannot be read."""
+    """Width and height of a PNG, JPEG, GIF or WebP image from its header, or None when it cannot be read or declares
+    a side of 0 or over ``MAX_IMAGE_SIDE``."""
+    size = _declared_size(data)
+    if size is None or not all(0 < side <= MAX_IMAGE_SIDE for side in size):
+        return None
+    return size
+
+
+def _declared_size(data: bytes) -> tuple[int, int] | None:
     try:
         if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
             return struct.unpack(">II", data[16:24])
@@ -56,11 +66,11 @@ def image_size(data: bytes) -> tuple[int, int] | None:
 
 def _webp_size(data: bytes) -> tuple[int, int] | None:
     chunk = data[12:16]
-    if chunk == b"VP8X":
+    if chunk == b"VP8X" and len(data) >= 30:
         width = int.from_bytes(data[24:27], "little") + 1
         height = int.from_bytes(data[27:30], "little") + 1
         return width, height
-    if chunk == b"VP8L" and data[20:21] == b"\x2f":
+    if chunk == b"VP8L" and data[20:21] == b"\x2f" and len(data) >= 25:
         bits = int.from_bytes(data[21:25], "little")
         return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
     if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":

@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from channels.consumer import AsyncConsumer
+from channels.exceptions import StopConsumer
 
 from . import detached, queueing, registry
 from .conf import app_settings
@@ -23,6 +24,8 @@ from .following import answer_sync
 logger = logging.getLogger(__name__)
 
 WAKE_MESSAGE_TYPE = "agentapp.wake"
+# How long a draining worker waits for the runs it cancelled to store and send their ends.
+CANCELLED_RUNS_WAIT_SECONDS = 5.0
 
 
 def free_slots() -> int:
@@ -34,14 +37,51 @@ async def sweep(layer: Any, channel_name: str) -> int:
     """End the runs whose worker died (announced to their conversations), then start queued runs nobody took;
     return how many started."""
     for conversation_id, run_id in await db_call(queueing.end_lapsed_runs)():
+        logger.info("agentapp: run %s of conversation %s ended interrupted: its process died", run_id, conversation_id)
         await detached.announce_dead(layer, conversation_id, run_id)
     return await detached.fill(layer, channel_name, None, free_slots())
+
+
+async def drain(grace: float, at_once: asyncio.Event | None = None) -> int:
+    """Stop taking runs, let this process's runs finish for up to ``grace`` seconds (less once ``at_once`` is set),
+    then cancel those left and wait a little for their ends to be stored and sent; return how many were cancelled."""
+    detached.stop_taking_runs()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    hurry = asyncio.ensure_future((at_once or asyncio.Event()).wait())
+    try:
+        while True:
+            going = {task for task in registry.tasks if not task.done()}
+            left = deadline - loop.time()
+            if not going or hurry.done() or left <= 0:
+                break
+            await asyncio.wait(going | {hurry}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hurry.cancel()
+    going = {task for task in registry.tasks if not task.done()}
+    if not going:
+        return 0
+    logger.warning("agentapp: the worker cancels %d runs still going after %gs", len(going), grace)
+    for slot in list(registry.slots.values()):
+        slot.cancel()
+    await asyncio.wait(going, timeout=CANCELLED_RUNS_WAIT_SECONDS)
+    return len(going)
 
 
 class RunWorkerConsumer(AsyncConsumer):
     """One per worker process and channel: takes queued runs when rung, cancels them, answers replay requests."""
 
     sweeper: asyncio.Task[None] | None = None
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Handle one message; an unknown or malformed one is logged and dropped, never the end of the consumer (its
+        channel is where the cancels and replay requests of its runs come)."""
+        try:
+            await super().dispatch(message)
+        except StopConsumer:
+            raise
+        except Exception:
+            logger.exception("agentapp: the worker dropped a malformed %r message", message.get("type"))
 
     def _sweep_soon(self) -> None:
         if self.sweeper is None or self.sweeper.done():

@@ -13,6 +13,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from agentapp.bodylimit import BodyLimit  # noqa: E402
 from agentapp.routing import channel_routes, websocket_urlpatterns  # noqa: E402
 
 if settings.DEBUG:
@@ -20,7 +21,8 @@ if settings.DEBUG:
     django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
 routes = {
-    "http": django_asgi_app,
+    # Bodies over the largest agentapp takes (an attachment) are refused before Django reads them.
+    "http": BodyLimit(django_asgi_app),
     "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
 }
 if channel_routes():  # workers run the agents (AGENTAPP["WORKER_CHANNEL"], docs/deployment.md)

@@ -106,6 +106,10 @@ if os.environ.get("AGENTAPP_CONVERSATIONS_PER_HOUR"):
     AGENTAPP["CONVERSATIONS_PER_HOUR"] = int(os.environ["AGENTAPP_CONVERSATIONS_PER_HOUR"])
 if os.environ.get("AGENTAPP_RUN_LEASE_SECONDS"):
     AGENTAPP["RUN_LEASE_SECONDS"] = float(os.environ["AGENTAPP_RUN_LEASE_SECONDS"])
+if os.environ.get("AGENTAPP_WORKER_CHANNEL"):  # runs go to `manage.py agentapp_worker` (needs REDIS_URL)
+    AGENTAPP["WORKER_CHANNEL"] = os.environ["AGENTAPP_WORKER_CHANNEL"]
+if os.environ.get("AGENTAPP_IF_BUSY"):
+    AGENTAPP["IF_BUSY"] = os.environ["AGENTAPP_IF_BUSY"]
 if os.environ.get("BEDROCK_MODEL_ID"):
     AGENTAPP["BEDROCK_MODEL_ID"] = os.environ["BEDROCK_MODEL_ID"]
 if os.environ.get("AWS_REGION"):

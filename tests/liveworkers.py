@@ -86,6 +86,8 @@ class LiveWorker:
     process: subprocess.Popen[bytes]
     log: Path
     killed: bool = False
+    # Told to stop (SIGTERM or SIGINT): it drains its runs and exits on its own.
+    signalled: bool = False
 
     @property
     def pid(self) -> int:
@@ -100,6 +102,11 @@ class LiveWorker:
         self.killed = True
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=STOP_TIMEOUT)
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        """Tell the worker to stop (it drains its runs, then exits)."""
+        self.signalled = True
+        os.kill(self.process.pid, signum)
 
     def stop(self) -> None:
         """Terminate the worker, killing it if it does not exit promptly."""
@@ -145,7 +152,7 @@ class Workers:
         for worker in self.started:
             output = worker.output()
             assert "Traceback" not in output, output
-            if not worker.killed:
+            if not worker.killed and not worker.signalled:
                 assert worker.process.poll() is None, f"worker exited with {worker.process.returncode}:\n{output}"
 
     def __enter__(self) -> Workers:

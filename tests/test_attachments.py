@@ -164,6 +164,41 @@ def test_upload_stores_a_fresh_conversation(media, people):
     assert Attachment.objects.get().mime_type == "text/markdown"
 
 
+def test_uploads_per_hour_are_limited_per_uploader(media, settings, people, conversation):
+    settings.AGENTAPP = {**getattr(settings, "AGENTAPP", {}), "ATTACHMENTS_PER_HOUR": 2}
+    owner = logged_in(people["owner"])
+    assert [upload(owner, conversation.pk, "a.txt", b"a").status_code for _ in range(2)] == [201, 201]
+    refused = upload(owner, conversation.pk, "a.txt", b"a")
+    assert refused.status_code == 429
+    assert refused.json()["error"] == "rate_limited"
+    assert Attachment.objects.count() == 2
+    assert len(stored_files(media)) == 2
+    other = Conversation.objects.create(owner=people["stranger"])  # another uploader has an allowance of its own
+    assert upload(logged_in(people["stranger"]), other.pk, "a.txt", b"a").status_code == 201
+
+
+def test_upload_bytes_per_hour_are_limited(media, settings, people, conversation):
+    settings.AGENTAPP = {**getattr(settings, "AGENTAPP", {}), "ATTACHMENT_BYTES_PER_HOUR": 100}
+    owner = logged_in(people["owner"])
+    assert upload(owner, conversation.pk, "a.txt", b"a" * 60).status_code == 201
+    refused = upload(owner, conversation.pk, "b.txt", b"b" * 41)  # 60 + 41 would pass 100
+    assert (refused.status_code, refused.json()["error"]) == (429, "rate_limited")
+    assert upload(owner, conversation.pk, "c.txt", b"c" * 40).status_code == 201
+    assert sorted(Attachment.objects.values_list("size", flat=True)) == [40, 60]
+
+
+def test_upload_allowance_counts_the_last_hour_only(media, settings, people, conversation):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.AGENTAPP = {**getattr(settings, "AGENTAPP", {}), "ATTACHMENTS_PER_HOUR": 1}
+    owner = logged_in(people["owner"])
+    assert upload(owner, conversation.pk, "a.txt", b"a").status_code == 201
+    Attachment.objects.update(created_at=timezone.now() - timedelta(minutes=61))
+    assert upload(owner, conversation.pk, "a.txt", b"a").status_code == 201
+
+
 ### Who may upload and fetch ###
 
 

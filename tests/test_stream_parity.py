@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.test import AsyncClient
 from pydantic import BaseModel
 from strands.agent import AgentResult
 from strands.telemetry import EventLoopMetrics
@@ -253,6 +254,10 @@ async def test_structured_output_reaches_the_result_frame_and_the_run_row(settin
     assert result[protocol.RESULT]["structured_output"] == {"answer": "2+2 = 4.", "value": 4}
     run = await Run.objects.aget(conversation_id=conversation_id)
     assert run.structured_output == {"answer": "2+2 = 4.", "value": 4}
+    api = AsyncClient()
+    await api.aforce_login(user)
+    [listed] = (await api.get(f"/api/conversations/{conversation_id}/")).json()["runs"]
+    assert listed["structured_output"] == {"answer": "2+2 = 4.", "value": 4}
     # Strands' own structured output tool call and its result are stored like any tool call.
     rows = await stored(conversation_id)
     calls = [block["toolUse"] for row in rows for block in row["content"] if "toolUse" in block]

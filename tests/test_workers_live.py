@@ -27,6 +27,8 @@ pytestmark = pytest.mark.slow
 TOKENS_PER_SECOND = 50
 LEASE_SECONDS = 3
 SWEEP_SECONDS = 0.5
+# A worker told to stop lets its runs finish this long (longer than any run here), unless told twice.
+DRAIN_SECONDS = 60
 # A dead worker's run must be ended within this long of the kill (lease + sweep + the frame's way to a socket).
 ENDED_WITHIN_SECONDS = 10
 
@@ -36,7 +38,11 @@ Frames = list[dict[str, Any]]
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerStack]:
     env = {"AGENTAPP_OFFLINE_TPS": str(TOKENS_PER_SECOND)}
-    settings = {"RUN_LEASE_SECONDS": LEASE_SECONDS, "WORKER_SWEEP_SECONDS": SWEEP_SECONDS}
+    settings = {
+        "RUN_LEASE_SECONDS": LEASE_SECONDS,
+        "WORKER_SWEEP_SECONDS": SWEEP_SECONDS,
+        "WORKER_DRAIN_SECONDS": DRAIN_SECONDS,
+    }
     with worker_stack(tmp_path_factory.mktemp("workers"), 2, env, **settings) as live:
         yield live
 
@@ -248,6 +254,77 @@ async def test_a_killed_worker_s_run_is_ended_and_the_conversation_goes_on(
         [dead],
     )
     assert sum(1 for (content,) in uses for block in content if "toolUse" in block) == 1
+
+
+### A worker told to stop ###
+
+
+async def exit_code(worker: Any) -> int:
+    """The worker's exit status, once it exited on its own."""
+    return await eventually(worker.process.poll, lambda code: code is not None, timeout=ENDED_WITHIN_SECONDS)
+
+
+@pytest.mark.asyncio
+async def test_a_worker_told_to_stop_finishes_its_run_takes_no_other_and_exits(
+    stack: WorkerStack, workers: Workers
+) -> None:
+    stopping = workers.start()
+    session, path, conversation_id = conversation(stack, "gil")
+    first, second = stack.cluster.servers
+
+    async with live_socket(first, path, session) as asker, live_socket(second, path, session) as watcher:
+        await asker.hello()
+        await watcher.hello()
+        await asker.prompt("Stream 150 tokens")
+        seen = await asker.until(lambda f: deltas(f) >= 5)
+        run_id = started_id(seen)
+        stopping.signal()
+        await prompt(asker, "Calculate 6 * 7", if_busy="enqueue")
+        seen += await until_queued(asker, "Calculate 6 * 7")
+        queued = seen[-1]["run_id"]
+
+        watched = await until_finished(watcher, run_id)
+        assert_whole_run(of_run(watched, run_id), run_id)
+        assert text(watched, run_id) == "".join(f"w{n} " for n in range(150))
+        assert await exit_code(stopping) == 0, stopping.output()
+        assert run_row(stack, queued)[0] == "queued"  # the stopping worker took no new run
+
+        workers.start()  # another worker takes it
+        watched = await until_finished(watcher, queued)
+        assert_whole_run(of_run(watched, queued), queued)
+        assert "42" in text(watched, queued)
+
+    assert "Traceback" not in stopping.output()
+    assert [row[2] for row in runs(stack, conversation_id)] == ["completed", "completed"]
+
+
+@pytest.mark.asyncio
+async def test_a_worker_told_to_stop_twice_cancels_its_run_at_once(stack: WorkerStack, workers: Workers) -> None:
+    stopping = workers.start()
+    session, path, _ = conversation(stack, "hal")
+    first = stack.cluster.servers[0]
+
+    async with live_socket(first, path, session) as asker:
+        await asker.hello()
+        await asker.prompt("Stream 2000 tokens")  # 40 s at this pace: only the second signal ends it in time
+        seen = await asker.until(lambda f: deltas(f) >= 5)
+        run_id = started_id(seen)
+        stopping.signal()
+        # Two signals at once may arrive as one: the second is sent once the worker said it drains.
+        await eventually(stopping.output, lambda output: "takes no more runs" in output)
+        stopping.signal()
+        try:
+            async with asyncio.timeout(ENDED_WITHIN_SECONDS):
+                seen += await until_finished(asker, run_id)
+        except TimeoutError:
+            pytest.fail(f"the run was not cancelled within {ENDED_WITHIN_SECONDS}s of the second signal")
+        assert seen[-1]["status"] == "cancelled", seen[-1]
+        assert_contiguous(of_run(seen, run_id))
+        assert await exit_code(stopping) == 0, stopping.output()
+
+    assert run_row(stack, run_id)[0] == "cancelled"
+    answer, _ = stored_answer(stack, run_id)
+    assert answer and text(seen, run_id).startswith(answer[:20])
 
 
 ### Redis restarted while runs wait ###

@@ -1,9 +1,11 @@
-"""``manage.py agentapp_worker``: Channels' ``runworker`` on the ``WORKER_CHANNEL`` channel, sweeping from its start."""
+"""``manage.py agentapp_worker``: Channels' ``runworker`` on the ``WORKER_CHANNEL`` channel, sweeping from its start
+and draining its runs when told to stop (SIGTERM or SIGINT; a second signal cancels them at once)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from typing import Any
 
 from channels.management.commands.runworker import Command as RunWorkerCommand
@@ -11,7 +13,7 @@ from channels.worker import Worker
 from django.core.management import CommandError
 
 from agentapp.conf import app_settings
-from agentapp.workers import WAKE_MESSAGE_TYPE
+from agentapp.workers import WAKE_MESSAGE_TYPE, drain
 
 logger = logging.getLogger(__name__)
 
@@ -22,14 +24,30 @@ LISTEN_RETRY_MAX_SECONDS = 5.0
 
 class SweepingWorker(Worker):
     """A Channels worker whose consumers start at once (a plain one starts each at its channel's first message),
-    so queued runs are taken even when no prompt rings, and that outlives a channel layer going away (Redis
-    restarting): its runs and sweeps go on, and it listens again once the layer is back."""
+    so queued runs are taken even when no prompt rings; that outlives a channel layer going away (Redis
+    restarting): its runs and sweeps go on, and it listens again once the layer is back; and that, told to stop,
+    takes no more runs and lets its own finish for ``WORKER_DRAIN_SECONDS`` before it cancels them and exits."""
 
     async def handle(self) -> None:
+        stop, at_once = asyncio.Event(), asyncio.Event()
+
+        def told_to_stop() -> None:
+            (at_once if stop.is_set() else stop).set()
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, told_to_stop)
         for channel in self.channels:
             queue = self.get_or_create_application_instance(channel, {"type": "channel", "channel": channel})
             queue.put_nowait({"type": WAKE_MESSAGE_TYPE})
-        await super().handle()
+        listeners = [asyncio.ensure_future(self.listener(channel)) for channel in self.channels]
+        await stop.wait()
+        for listener in listeners:  # no more doorbells: the consumers' own channels (cancels, replays) stay open
+            listener.cancel()
+        grace = app_settings.WORKER_DRAIN_SECONDS
+        logger.info("agentapp: the worker takes no more runs and lets its runs finish (up to %gs)", grace)
+        cancelled = await drain(grace, at_once)
+        logger.info("agentapp: the worker stopped (%d runs cancelled)", cancelled)
 
     async def listener(self, channel: str) -> None:
         """Listen on ``channel``, again and again after the layer failed (a plain worker exits then)."""
