@@ -223,8 +223,10 @@ def _serve(requests: Connection, replies: Connection) -> None:
 
 
 if __name__ == "__main__":
-    # Ctrl-C in a terminal reaches the whole process group; the server decides when its workers stop.
+    # Ctrl-C in a terminal reaches the whole process group, and a service manager's SIGTERM often the whole control
+    # group; the server decides when its workers stop (a draining worker's runs still call tools).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Serve from the imported module, so exceptions pickle as agentapp.isolation's, not __main__'s.
     from agentapp.isolation import _serve
 

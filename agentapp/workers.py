@@ -61,7 +61,8 @@ async def drain(grace: float, at_once: asyncio.Event | None = None) -> int:
     going = {task for task in registry.tasks if not task.done()}
     if not going:
         return 0
-    logger.warning("agentapp: the worker cancels %d runs still going after %gs", len(going), grace)
+    waited = grace - max(0.0, deadline - loop.time())
+    logger.warning("agentapp: the worker cancels %d runs still going after %.1fs", len(going), waited)
     for slot in list(registry.slots.values()):
         slot.cancel()
     await asyncio.wait(going, timeout=CANCELLED_RUNS_WAIT_SECONDS)

@@ -128,3 +128,16 @@ def test_ctrl_c_saves_the_run_and_exits_130_without_a_traceback(tmp_path: Path) 
     assert saved["status"] == Run.Status.CANCELLED
     assert saved["owner"] == "ada"
     assert saved["partial"] == [True], "the text streamed before Ctrl-C is saved, marked partial"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_agent_chat_runs_a_swarm_node_by_node(offline_instant, settings):
+    settings.AGENTAPP = {**settings.AGENTAPP, "AGENT_FACTORY": "tests.multiagent_agents.swarm"}
+    get_user_model().objects.create_user("ada")
+    out = StringIO()
+    call_command("agent_chat", "Hand off to writer", "--user", "ada", "--json", stdout=out)
+    frames = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [frame["node"] for frame in frames if frame["type"] == "node_started"] == ["researcher", "writer"]
+    assert frames[-1]["type"] == "run_finished" and frames[-1]["status"] == "completed"
+    run = Run.objects.get()
+    assert list(run.steps.values_list("node_id", flat=True)) == ["researcher", "writer"]

@@ -23,6 +23,7 @@ from agentapp.agents import build_agent
 from agentapp.conf import app_settings
 from agentapp.history import load_messages
 from agentapp.models import Conversation
+from agentapp.multiagent import MultiAgentRun, is_team
 from agentapp.recorder import ConversationBusy
 from agentapp.runner import AgentRun
 
@@ -100,7 +101,8 @@ class Command(BaseCommand):
     async def _run(self, conversation: Conversation, user: Any, prompt: str, printer: FramePrinter) -> str:
         history = await database_sync_to_async(load_messages)(conversation.pk)
         agent = await database_sync_to_async(build_agent)(conversation, user, history)
-        run = AgentRun(agent, prompt, str(conversation.pk), printer.emit, user_id=getattr(user, "pk", None))
+        run_class = MultiAgentRun if is_team(agent) else AgentRun  # a Swarm or a Graph reads the history itself
+        run = run_class(agent, prompt, str(conversation.pk), printer.emit, user_id=getattr(user, "pk", None))
         try:
             with StopOnCtrlC(run) as self.ctrl_c:
                 return await run.execute(time_limit=app_settings.RUN_TIME_LIMIT_SECONDS)
