@@ -87,6 +87,28 @@ async def queue_one(client: Client, text: str = "Say hi") -> tuple[str, str]:
     return hello["conversation_id"], queued["run_id"]
 
 
+def paused_run(user: Any) -> Run:
+    """A new conversation of ``user`` whose run waits for the approval of one tool call (``i1``)."""
+    conversation = Conversation.objects.create(owner=user, title="t")
+    return Run.objects.create(
+        conversation=conversation,
+        user=user,
+        prompt="Calculate 2+2",
+        status="awaiting_approval",
+        started_at=timezone.now(),
+        interrupts=[{"id": "i1"}],
+        interrupt_state={"activated": True},
+    )
+
+
+def answer(paused: Run, decision: str = "deny") -> queueing.Submitted:
+    """Queue the answer to ``paused``'s approval, as a web process with workers does."""
+    responses = {"i1": {"decision": decision}}
+    return queueing.enqueue(
+        paused.conversation_id, paused.user_id, "", "enqueue", True, "ada", (str(paused.pk), responses)
+    )
+
+
 ### Cancels of queued runs by each role ###
 
 
@@ -293,23 +315,13 @@ async def test_with_workers_interrupt_while_paused_clears_the_wait_and_queues(se
 def test_the_answer_to_an_approval_starts_before_a_prompt_queued_during_the_paused_run(ada) -> None:
     """A prompt queued (``enqueue``) while a worker's run went on, which then paused for approval, must not block the
     resume the answer queues: the resume is claimed first, else the conversation never runs again."""
-    conversation = Conversation.objects.create(owner=ada, title="t")
+    paused = paused_run(ada)
+    conversation = paused.conversation
     now = timezone.now()
-    paused = Run.objects.create(
-        conversation=conversation,
-        user=ada,
-        prompt="Calculate 2+2",
-        status="awaiting_approval",
-        started_at=now,
-        interrupts=[{"id": "i1"}],
-        interrupt_state={"activated": True},
-    )
     earlier = Run.objects.create(
         conversation=conversation, user=ada, prompt="later", status="queued", queued_at=now - timedelta(seconds=5)
     )
-    submitted = queueing.enqueue(
-        conversation.pk, ada.pk, "", "enqueue", True, "ada", (str(paused.pk), {"i1": {"decision": "approve"}})
-    )
+    submitted = answer(paused, "approve")
     assert submitted.queued is not None
     claimed = queueing.claim_next(conversation.pk, "worker")
     assert claimed is not None, "nothing is claimed: the conversation is stuck behind its paused run"
@@ -551,19 +563,9 @@ async def test_with_a_worker_an_approval_answer_runs_though_a_prompt_was_queued_
 def test_a_sweep_finds_an_approval_answer_whose_doorbell_was_lost(ada) -> None:
     """A queued resume (the answer to a paused run) whose message to the workers was lost is found by the sweep, as
     any queued run is: ``waiting_conversations`` lists its conversation."""
-    conversation = Conversation.objects.create(owner=ada, title="t")
-    paused = Run.objects.create(
-        conversation=conversation,
-        user=ada,
-        prompt="Calculate 2+2",
-        status="awaiting_approval",
-        started_at=timezone.now(),
-        interrupts=[{"id": "i1"}],
-        interrupt_state={"activated": True},
-    )
-    queueing.enqueue(
-        conversation.pk, ada.pk, "", "enqueue", True, "ada", (str(paused.pk), {"i1": {"decision": "deny"}})
-    )
+    paused = paused_run(ada)
+    conversation = paused.conversation
+    answer(paused)
     assert queueing.waiting_conversations(10) == [str(conversation.pk)]
 
 
@@ -571,19 +573,9 @@ def test_a_sweep_finds_an_approval_answer_whose_doorbell_was_lost(ada) -> None:
 def test_a_cancel_of_the_wait_for_approval_takes_its_queued_answer_out_of_the_queue(ada) -> None:
     """A cancel after the answer was queued for a worker, before one took it: the answer's resume leaves the queue
     with the wait, rather than being claimed later and refused ``no_pending_approval`` as a stray failed run."""
-    conversation = Conversation.objects.create(owner=ada, title="t")
-    paused = Run.objects.create(
-        conversation=conversation,
-        user=ada,
-        prompt="Calculate 2+2",
-        status="awaiting_approval",
-        started_at=timezone.now(),
-        interrupts=[{"id": "i1"}],
-        interrupt_state={"activated": True},
-    )
-    queueing.enqueue(
-        conversation.pk, ada.pk, "", "enqueue", True, "ada", (str(paused.pk), {"i1": {"decision": "deny"}})
-    )
+    paused = paused_run(ada)
+    conversation = paused.conversation
+    answer(paused)
     assert cancel_approval(conversation.pk, "ada") is not None
     assert Run.objects.get(pk=paused.pk).status == "cancelled"
     assert not queueing.has_waiting(conversation.pk)
@@ -662,22 +654,11 @@ def test_an_approval_answer_is_not_refused_by_a_full_queue(settings, ada) -> Non
     """An answer to a pending approval is not a new prompt: with workers it is queued even when the conversation holds
     ``MAX_QUEUED_RUNS`` prompts, else the paused run can only be cancelled."""
     configure(settings, MAX_QUEUED_RUNS=1)
-    conversation = Conversation.objects.create(owner=ada, title="t")
-    now = timezone.now()
-    paused = Run.objects.create(
-        conversation=conversation,
-        user=ada,
-        prompt="Calculate 2+2",
-        status="awaiting_approval",
-        started_at=now,
-        interrupts=[{"id": "i1"}],
-        interrupt_state={"activated": True},
-    )
-    Run.objects.create(conversation=conversation, user=ada, prompt="later", status="queued", queued_at=now)
+    paused = paused_run(ada)
+    conversation = paused.conversation
+    Run.objects.create(conversation=conversation, user=ada, prompt="later", status="queued", queued_at=timezone.now())
     try:
-        submitted = queueing.enqueue(
-            conversation.pk, ada.pk, "", "enqueue", True, "ada", (str(paused.pk), {"i1": {"decision": "approve"}})
-        )
+        submitted = answer(paused, "approve")
     except queueing.QueueFull:
         pytest.fail("the answer to the approval was refused queue_full")
     assert submitted.queued is not None
