@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,10 @@ def approving_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveD
     assert "Traceback" not in output and " ERROR " not in output, output
 
 
+# How long a hung-up run may take to be cancelled and stored.
+SETTLE_SECONDS = 10
+
+
 def run_client(client_dir: Path, server: LiveDaphne, scenario: str = "chat") -> dict[str, Any]:
     done = subprocess.run(
         [shutil.which("node") or "node", "run.mjs", server.url, scenario],
@@ -77,6 +82,16 @@ def run_client(client_dir: Path, server: LiveDaphne, scenario: str = "chat") -> 
     )
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{server.output()}"
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def settled(api: httpx.Client, path: str) -> dict[str, Any]:
+    """The conversation at ``path`` once none of its runs is running (a deadline-bounded poll of the API)."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        conversation = api.get(path).json()
+        if all(run["status"] != "running" for run in conversation["runs"]) or time.monotonic() > deadline:
+            return conversation
+        time.sleep(0.05)  # poll interval, not synchronization: the loop re-checks the condition
 
 
 def kinds(events: list[dict[str, Any]]) -> list[str]:
@@ -119,7 +134,8 @@ def test_http_agent_streams_tool_using_answers_and_its_runs_are_saved(agui_clien
     assert kinds(aborted["events"])[:2] == ["RUN_STARTED", "MESSAGES_SNAPSHOT"] and text_of(aborted["events"])
     cookies = {"sessionid": seen["session"]}
     with httpx.Client(base_url=server.url, cookies=cookies, timeout=10) as api:
-        stopped = api.get(f"/api/conversations/{aborted['events'][0]['threadId']}/").json()
+        # The server learns of the hang-up and cancels at the run's next safe point: look until the run has ended.
+        stopped = settled(api, f"/api/conversations/{aborted['events'][0]['threadId']}/")
         thread = api.get(f"/api/conversations/{seen['threadId']}/").json()
     assert [run["status"] for run in stopped["runs"]] == ["cancelled"]
     assert sorted(run["status"] for run in thread["runs"]) == ["completed", "completed"]
